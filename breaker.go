@@ -1,0 +1,230 @@
+package momento
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/sony/gobreaker/v2"
+	"go.uber.org/zap"
+)
+
+// BreakerConfig sets when a region's circuit breaker opens and how it
+// recovers. Failures are transport errors, upstream timeouts and 5xx
+// answers; every other answer (4xx and 429 included) is a success, and a
+// request the client abandons, or one refused for its size, counts as
+// neither.
+type BreakerConfig struct {
+	// Consecutive failures that open the breaker. Default: 5.
+	Failures uint32 `json:"failures,omitempty"`
+
+	// Also open when failures/requests in the current window reaches this
+	// ratio (0 < ratio <= 1), once at least min_requests were seen. Default:
+	// off (0).
+	FailureRatio float64 `json:"failure_ratio,omitempty"`
+
+	// Requests that must be seen in the window before failure_ratio applies.
+	// Default: 20.
+	MinRequests uint32 `json:"min_requests,omitempty"`
+
+	// The counting window while closed: counts reset every window. Default: 60s.
+	Window caddy.Duration `json:"window,omitempty"`
+
+	// How long the breaker stays open before it lets probes through
+	// (half-open). Clients get 503 with Retry-After meanwhile. Default: 30s.
+	OpenFor caddy.Duration `json:"open_for,omitempty"`
+
+	// Probe requests allowed while half-open; that many successes in a row
+	// close the breaker, one failure opens it again. Default: 1.
+	HalfOpenRequests uint32 `json:"half_open_requests,omitempty"`
+}
+
+// Breaker defaults, as documented on BreakerConfig.
+const (
+	defaultFailures         = 5
+	defaultMinRequests      = 20
+	defaultWindow           = 60 * time.Second
+	defaultOpenFor          = 30 * time.Second
+	defaultHalfOpenRequests = 1
+)
+
+// withDefaults returns a copy of c (which may be nil) with unset fields at
+// their defaults.
+func (c *BreakerConfig) withDefaults() BreakerConfig {
+	var out BreakerConfig
+	if c != nil {
+		out = *c
+	}
+	if out.Failures == 0 {
+		out.Failures = defaultFailures
+	}
+	if out.MinRequests == 0 {
+		out.MinRequests = defaultMinRequests
+	}
+	if out.Window == 0 {
+		out.Window = caddy.Duration(defaultWindow)
+	}
+	if out.OpenFor == 0 {
+		out.OpenFor = caddy.Duration(defaultOpenFor)
+	}
+	if out.HalfOpenRequests == 0 {
+		out.HalfOpenRequests = defaultHalfOpenRequests
+	}
+	return out
+}
+
+// validate reports the first setting that is out of range.
+func (c BreakerConfig) validate() error {
+	switch {
+	case math.IsNaN(c.FailureRatio) || c.FailureRatio < 0 || c.FailureRatio > 1:
+		return fmt.Errorf("breaker failure_ratio %v must be between 0 and 1", c.FailureRatio)
+	case c.Window < 0:
+		return fmt.Errorf("breaker window %s must be positive", time.Duration(c.Window))
+	case c.OpenFor < 0:
+		return fmt.Errorf("breaker open_for %s must be positive", time.Duration(c.OpenFor))
+	}
+	return nil
+}
+
+// Outcomes reported to a breaker. errExcluded marks requests that say
+// nothing about the region's health (client went away, value too large).
+var (
+	errUpstreamFailure = errors.New("upstream failure")
+	errExcluded        = errors.New("not the region's fault")
+	errForcedOpen      = errors.New("breaker forced open")
+)
+
+// breaker is one region's circuit breaker: a gobreaker two-step breaker
+// (the request streams between Allow and done) plus what gobreaker does not
+// expose: when it opened, so clients get an honest Retry-After. It lives in
+// the region pool and survives config reloads.
+type breaker struct {
+	region string
+
+	mu       sync.Mutex // guards cb and settings replacement
+	cb       *gobreaker.TwoStepCircuitBreaker[struct{}]
+	settings BreakerConfig
+
+	// Read by gobreaker callbacks, which run under gobreaker's own lock.
+	failures    atomic.Uint32
+	minRequests atomic.Uint32
+	ratioBits   atomic.Uint64
+	forceOpen   atomic.Bool
+
+	openedAt atomic.Int64 // unix nanos of the last transition to open
+	openFor  atomic.Int64 // nanoseconds
+
+	logger atomic.Pointer[zap.Logger]
+}
+
+func newBreaker(region string, cfg BreakerConfig, logger *zap.Logger) *breaker {
+	b := &breaker{region: region}
+	b.logger.Store(logger)
+	b.configure(cfg)
+	return b
+}
+
+// configure applies new settings. Thresholds change in place; a change of
+// window, open_for or half_open_requests needs a new gobreaker, and an
+// open breaker is carried over as open so a reload never hides an outage.
+func (b *breaker) configure(cfg BreakerConfig) {
+	b.failures.Store(cfg.Failures)
+	b.minRequests.Store(cfg.MinRequests)
+	b.ratioBits.Store(math.Float64bits(cfg.FailureRatio))
+	b.openFor.Store(int64(cfg.OpenFor))
+
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	old := b.cb
+	if old != nil && b.settings.Window == cfg.Window && b.settings.OpenFor == cfg.OpenFor &&
+		b.settings.HalfOpenRequests == cfg.HalfOpenRequests {
+		b.settings = cfg
+		return
+	}
+	b.settings = cfg
+	b.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:          b.region,
+		MaxRequests:   cfg.HalfOpenRequests,
+		Interval:      time.Duration(cfg.Window),
+		Timeout:       time.Duration(cfg.OpenFor),
+		ReadyToTrip:   b.readyToTrip,
+		OnStateChange: b.onStateChange,
+		IsExcluded:    func(err error) bool { return errors.Is(err, errExcluded) },
+	})
+	if old != nil && old.State() != gobreaker.StateClosed {
+		b.trip()
+	}
+}
+
+// trip opens the breaker now, through gobreaker's own path: one forced
+// failure that readyToTrip accepts.
+func (b *breaker) trip() {
+	b.forceOpen.Store(true)
+	defer b.forceOpen.Store(false)
+	if done, err := b.cb.Allow(); err == nil {
+		done(errForcedOpen)
+	}
+}
+
+func (b *breaker) readyToTrip(c gobreaker.Counts) bool {
+	if b.forceOpen.Load() || c.ConsecutiveFailures >= b.failures.Load() {
+		return true
+	}
+	ratio := math.Float64frombits(b.ratioBits.Load())
+	return ratio > 0 && c.Requests >= b.minRequests.Load() &&
+		float64(c.TotalFailures)/float64(c.Requests) >= ratio
+}
+
+// onStateChange runs under gobreaker's lock: it must not call back into cb.
+func (b *breaker) onStateChange(name string, from, to gobreaker.State) {
+	if to == gobreaker.StateOpen {
+		b.openedAt.Store(time.Now().UnixNano())
+	}
+	b.logger.Load().Warn("circuit breaker state changed",
+		zap.String("region", name),
+		zap.String("from", from.String()),
+		zap.String("to", to.String()))
+}
+
+// current returns the gobreaker in force.
+func (b *breaker) current() *gobreaker.TwoStepCircuitBreaker[struct{}] {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.cb
+}
+
+// allow asks whether a request may go to the region. On refusal it returns
+// how long until probing resumes.
+func (b *breaker) allow() (done func(error), retryAfter time.Duration, ok bool) {
+	done, err := b.current().Allow()
+	if err != nil {
+		return nil, b.retryAfter(time.Now()), false
+	}
+	return done, 0, true
+}
+
+// retryAfter is the time left until the open breaker lets probes through;
+// while half-open (probes already in flight) it is a short, honest 1s.
+func (b *breaker) retryAfter(now time.Time) time.Duration {
+	left := time.Unix(0, b.openedAt.Load()).Add(time.Duration(b.openFor.Load())).Sub(now)
+	if left < time.Second {
+		return time.Second
+	}
+	return left
+}
+
+// retryAfterSeconds rounds up, so a client that waits that long finds the
+// breaker half-open.
+func retryAfterSeconds(d time.Duration) int64 {
+	return int64((d + time.Second - 1) / time.Second)
+}
+
+// state is the breaker's current state.
+func (b *breaker) state() gobreaker.State { return b.current().State() }
+
+// counts are the breaker's counts in the current window or state.
+func (b *breaker) counts() gobreaker.Counts { return b.current().Counts() }

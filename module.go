@@ -1,0 +1,288 @@
+// Package momento is a Caddy HTTP handler that fronts Momento's HTTP API
+// (serverless cache): it validates each request at the edge, routes it by
+// cache name to the right regional endpoint, injects the server-held token,
+// and proxies it through a per-region circuit breaker. Clients never hold
+// the Momento token.
+package momento
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	// The embedded backend ships in the same binary, so `./caddy
+	// list-modules` shows it and Caddyfile.example can run offline.
+	_ "github.com/momento-gateway/caddy-momento/momentolocal"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler is the `momento` HTTP handler: a gateway to Momento's HTTP API.
+//
+// Requests to `GET|PUT|DELETE /cache/{cache}?key=…` are validated, routed to
+// a region, and proxied with the region's token in the `authorization`
+// header. Other paths go to the next handler.
+type Handler struct {
+	// The Momento regions (or other Momento-compatible endpoints) the
+	// gateway can reach, each with its token.
+	Regions []RegionConfig `json:"regions,omitempty"`
+
+	// The region for caches that no route matches. Optional when there is
+	// exactly one region (it is then the default); otherwise unrouted
+	// caches get 404 Cache Not Found.
+	DefaultRegion string `json:"default_region,omitempty"`
+
+	// Routes from cache-name globs to regions; the first match wins.
+	Routes []Route `json:"routes,omitempty"`
+
+	// What to do with a client's own credential (a `token` query parameter
+	// or an `Authorization` header): "strip" (default) drops it and sends the
+	// region's token instead; "reject" answers 400.
+	ClientToken string `json:"client_token,omitempty"`
+
+	// Limit for one upstream exchange, from sending the request to the last
+	// byte of the answer. Default: 10s. A region that does not answer in
+	// time yields 504 and counts as a breaker failure.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// Largest value accepted by a set, in bytes. Default: 5 MiB (Momento's
+	// item limit). A larger declared Content-Length is answered 413 without
+	// contacting the region; a chunked body is cut off and the upstream call
+	// aborted the moment it passes the limit, so nothing is stored.
+	MaxItemSize int64 `json:"max_item_size,omitempty"`
+
+	// When region breakers open and how they recover. Breakers are per
+	// region and shared by every handler that names the same region and
+	// endpoint; the handler provisioned last sets their thresholds.
+	Breaker *BreakerConfig `json:"breaker,omitempty"`
+
+	regions       []*region
+	routes        []compiledRoute
+	defaultRegion *region
+	rejectClient  bool
+	timeout       time.Duration
+	maxItemSize   int64
+	logger        *zap.Logger
+}
+
+// RegionConfig is one region the gateway can reach.
+type RegionConfig struct {
+	// The region's name: one of Momento's (us-east-1, eu-west-1, …), whose
+	// endpoint is built in, or any name of your own with an endpoint.
+	Name string `json:"name"`
+
+	// The HTTP API endpoint, e.g. https://api.cache.cell-4-us-west-2-1.prod.a.momentohq.com.
+	// Optional for Momento's own regions and for tokens that name their
+	// endpoint (v1 and legacy keys). http:// is allowed for local backends.
+	Endpoint string `json:"endpoint,omitempty"`
+
+	// The Momento API key or token for this region. Use a placeholder such
+	// as {env.MOMENTO_API_KEY} or {file./run/secrets/momento}: it is resolved
+	// when the config loads, so the secret never appears in the config that
+	// `caddy adapt` prints or the admin API serves.
+	Token string `json:"token,omitempty"`
+}
+
+type compiledRoute struct {
+	glob   string
+	region *region
+}
+
+// Defaults, as documented on the fields.
+const (
+	defaultTimeout     = 10 * time.Second
+	defaultMaxItemSize = 5 << 20
+)
+
+// Client token policies.
+const (
+	clientTokenStrip  = "strip"
+	clientTokenReject = "reject"
+)
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.momento",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision resolves tokens, derives endpoints, and attaches each region to
+// its pooled breaker and connection pool (kept across config reloads).
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if err := h.checkStatic(); err != nil {
+		return err
+	}
+	h.timeout = time.Duration(h.Timeout)
+	if h.timeout == 0 {
+		h.timeout = defaultTimeout
+	}
+	h.maxItemSize = h.MaxItemSize
+	if h.maxItemSize == 0 {
+		h.maxItemSize = defaultMaxItemSize
+	}
+	h.rejectClient = h.ClientToken == clientTokenReject
+	breakerCfg := h.Breaker.withDefaults()
+
+	repl := caddy.NewReplacer()
+	byName := make(map[string]*region, len(h.Regions))
+	for _, rc := range h.Regions {
+		rg, err := resolveRegion(rc, repl)
+		if err != nil {
+			return fmt.Errorf("momento: %w", err)
+		}
+		if err := rg.attach(breakerCfg, h.logger); err != nil {
+			return fmt.Errorf("momento: %w", err)
+		}
+		h.regions = append(h.regions, rg)
+		byName[rg.name] = rg
+		h.logger.Info("momento region",
+			zap.String("region", rg.name),
+			zap.String("endpoint", rg.endpoint),
+			zap.String("token_kind", string(rg.token.Kind())),
+			zap.String("token_fingerprint", rg.token.Fingerprint()))
+	}
+	for _, rt := range h.Routes {
+		h.routes = append(h.routes, compiledRoute{glob: rt.Cache, region: byName[rt.Region]})
+	}
+	switch {
+	case h.DefaultRegion != "":
+		h.defaultRegion = byName[h.DefaultRegion]
+	case len(h.regions) == 1:
+		h.defaultRegion = h.regions[0]
+	}
+	return nil
+}
+
+// checkStatic checks what can be checked without resolving placeholders.
+// The Caddyfile parser runs the same checks, line by line, so most errors
+// reach users with a file and line.
+func (h *Handler) checkStatic() error {
+	if len(h.Regions) == 0 {
+		return fmt.Errorf("momento: no region configured: add a region block (e.g. region us-east-1 { token {env.MOMENTO_API_KEY} })")
+	}
+	names := make([]string, 0, len(h.Regions))
+	for _, rc := range h.Regions {
+		if rc.Name == "" {
+			return fmt.Errorf("momento: a region has no name")
+		}
+		for _, n := range names {
+			if n == rc.Name {
+				return fmt.Errorf("momento: region %q is configured twice", rc.Name)
+			}
+		}
+		names = append(names, rc.Name)
+	}
+	known := func(name string) bool {
+		for _, n := range names {
+			if n == name {
+				return true
+			}
+		}
+		return false
+	}
+	configured := strings.Join(names, ", ")
+	for _, rt := range h.Routes {
+		if msg := checkGlob(rt.Cache); msg != "" {
+			return fmt.Errorf("momento: route: %s", msg)
+		}
+		if !known(rt.Region) {
+			return fmt.Errorf("momento: route %q: region %q is not configured (configured: %s)", rt.Cache, rt.Region, configured)
+		}
+	}
+	if h.DefaultRegion != "" && !known(h.DefaultRegion) {
+		return fmt.Errorf("momento: default_region %q is not configured (configured: %s)", h.DefaultRegion, configured)
+	}
+	switch h.ClientToken {
+	case "", clientTokenStrip, clientTokenReject:
+	default:
+		return fmt.Errorf("momento: client_token %q: use strip or reject", h.ClientToken)
+	}
+	if h.Timeout < 0 {
+		return fmt.Errorf("momento: timeout %s must be positive", time.Duration(h.Timeout))
+	}
+	if h.MaxItemSize < 0 {
+		return fmt.Errorf("momento: max_item_size %d must be positive", h.MaxItemSize)
+	}
+	if h.Breaker != nil {
+		if err := h.Breaker.validate(); err != nil {
+			return fmt.Errorf("momento: %w", err)
+		}
+	}
+	return nil
+}
+
+// Cleanup releases this config's hold on the pooled regions; a region whose
+// last holder goes away closes its idle connections.
+func (h *Handler) Cleanup() error {
+	for _, rg := range h.regions {
+		rg.detach()
+	}
+	return nil
+}
+
+// ServeHTTP is the whole story of a request: parse it once, refuse it at
+// the edge if it is wrong, pick its region, proxy it through the breaker.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	c, rf := parseCall(r)
+	if c == nil && rf == nil {
+		return next.ServeHTTP(w, r)
+	}
+	if rf == nil {
+		rf = h.checkCall(c, r)
+	}
+	if rf != nil {
+		writeRefusal(w, rf)
+		return nil
+	}
+	rg := h.regionFor(c.cache)
+	if rg == nil {
+		// Momento's own answer for a cache it does not have.
+		writeRefusal(w, refuse(http.StatusNotFound, "Cache Not Found"))
+		return nil
+	}
+	return h.proxy(w, r, c, rg)
+}
+
+// checkCall applies the handler's own rules to a well-formed call.
+func (h *Handler) checkCall(c *call, r *http.Request) *refusal {
+	if c.hasClientToken && h.rejectClient {
+		return refuse(http.StatusBadRequest, "this gateway does not accept client credentials: remove the token parameter and the Authorization header")
+	}
+	if c.op == opSet && r.ContentLength > h.maxItemSize {
+		return refuse(http.StatusRequestEntityTooLarge,
+			fmt.Sprintf("value of %d bytes exceeds max_item_size (%d bytes)", r.ContentLength, h.maxItemSize))
+	}
+	return nil
+}
+
+// writeRefusal answers the client in Momento's style: a status and a
+// plain-text body. It writes the response itself rather than returning a
+// caddyhttp.Error, because Caddy without handle_errors sends errors with an
+// empty body, and API clients need the message.
+func writeRefusal(w http.ResponseWriter, rf *refusal) {
+	hdr := w.Header()
+	hdr.Set("Content-Type", "text/plain; charset=utf-8")
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	if rf.allow != "" {
+		hdr.Set("Allow", rf.allow)
+	}
+	w.WriteHeader(rf.status)
+	_, _ = w.Write([]byte(rf.msg))
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

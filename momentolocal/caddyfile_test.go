@@ -1,0 +1,257 @@
+package momentolocal
+
+import (
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	// header must be registered to adapt Caddyfiles that use it.
+	_ "github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
+)
+
+func TestUnmarshalCaddyfile(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		input   string
+		want    Handler
+		wantErr string // a substring; includes the file and line
+	}{
+		{
+			name:  "bare",
+			input: `momento_local`,
+			want:  Handler{},
+		},
+		{
+			name:  "empty block",
+			input: "momento_local {\n}",
+			want:  Handler{},
+		},
+		{
+			name: "every subdirective",
+			input: `momento_local {
+				token t0ken
+				caches a b
+				caches c
+				max_item_size 1MiB
+				max_memory 64MB
+			}`,
+			want: Handler{Token: "t0ken", Caches: []string{"a", "b", "c"}, MaxItemSize: 1 << 20, MaxMemory: 64_000_000},
+		},
+		{
+			name:  "plain bytes",
+			input: "momento_local {\n max_item_size 1000\n max_memory 2000000 \n}",
+			want:  Handler{MaxItemSize: 1000, MaxMemory: 2_000_000},
+		},
+		{
+			name:    "argument on the directive line",
+			input:   `momento_local extra`,
+			wantErr: "wrong argument count or unexpected line ending after 'extra', at Testfile:1",
+		},
+		{
+			name:    "unknown subdirective",
+			input:   "momento_local {\n\ttoken t\n\tcolour red\n}",
+			wantErr: "unrecognized momento_local subdirective 'colour', at Testfile:3",
+		},
+		{
+			name:    "token without value",
+			input:   "momento_local {\n\ttoken\n}",
+			wantErr: "wrong argument count or unexpected line ending after 'token', at Testfile:2",
+		},
+		{
+			name:    "token with two values",
+			input:   "momento_local {\n\ttoken a b\n}",
+			wantErr: "at Testfile:2",
+		},
+		{
+			name:    "token twice",
+			input:   "momento_local {\n\ttoken a\n\ttoken b\n}",
+			wantErr: "token already specified, at Testfile:3",
+		},
+		{
+			name:    "caches without names",
+			input:   "momento_local {\n\n\tcaches\n}",
+			wantErr: "wrong argument count or unexpected line ending after 'caches', at Testfile:3",
+		},
+		{
+			name:    "bad max_item_size",
+			input:   "momento_local {\n\tmax_item_size lots\n}",
+			wantErr: "parsing max_item_size: ",
+		},
+		{
+			name:    "bad max_item_size line",
+			input:   "momento_local {\n\tmax_item_size lots\n}",
+			wantErr: "at Testfile:2",
+		},
+		{
+			name:    "zero max_memory",
+			input:   "momento_local {\n\tmax_memory 0\n}",
+			wantErr: "max_memory must be between 1 byte and 8EiB, got 0, at Testfile:2",
+		},
+		{
+			name:    "max_memory without value",
+			input:   "momento_local {\n\tmax_memory\n}",
+			wantErr: "wrong argument count or unexpected line ending after 'max_memory', at Testfile:2",
+		},
+		{
+			name:    "max_memory with two values",
+			input:   "momento_local {\n\tmax_memory 1 MiB\n}",
+			wantErr: "at Testfile:2",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got Handler
+			err := got.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestAdaptCaddyfile adapts whole Caddyfiles to JSON, as `caddy adapt`
+// does, and checks the momento_local handler and where it lands.
+func TestAdaptCaddyfile(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		caddy    string
+		handler  string   // the momento_local handler's JSON
+		match    string   // the JSON of its route's matchers, "" for none
+		handlers []string // every handler in order, when it matters
+		wantErr  string
+	}{
+		{
+			name:    "bare",
+			caddy:   ":8080 {\n\tmomento_local\n}",
+			handler: `{"handler":"momento_local"}`,
+		},
+		{
+			name: "every subdirective",
+			caddy: `:8080 {
+	momento_local {
+		token t0ken
+		caches a b
+		max_item_size 1KiB
+		max_memory 1MiB
+	}
+}`,
+			handler: `{"handler":"momento_local","token":"t0ken","caches":["a","b"],"max_item_size":1024,"max_memory":1048576}`,
+		},
+		{
+			// Ordered just before reverse_proxy, so after header and
+			// respond. (reverse_proxy itself is not imported here: it
+			// would add dependencies the gateway does not have.)
+			name: "ordered among handlers, with a matcher",
+			caddy: `:8080 {
+	momento_local /cache/*
+	respond /health 200
+	header X-Served-By momento_local
+}`,
+			handler:  `{"handler":"momento_local"}`,
+			match:    `[{"path":["/cache/*"]}]`,
+			handlers: []string{"headers", "static_response", "momento_local"},
+		},
+		{
+			name:    "error carries the line",
+			caddy:   ":8080 {\n\tmomento_local {\n\t\tcolour red\n\t}\n}",
+			wantErr: "unrecognized momento_local subdirective 'colour', at Caddyfile:3",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(tc.caddy), map[string]any{"filename": "Caddyfile"})
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var config any
+			if err := json.Unmarshal(out, &config); err != nil {
+				t.Fatal(err)
+			}
+			found := collectHandlers(config, nil, nil)
+
+			var names []string
+			var ours []foundHandler
+			for _, f := range found {
+				name := f.handler["handler"].(string)
+				names = append(names, name)
+				if name == "momento_local" {
+					ours = append(ours, f)
+				}
+			}
+			if len(ours) != 1 {
+				t.Fatalf("%d momento_local handlers in %s", len(ours), out)
+			}
+			if got := canonicalJSON(t, ours[0].handler); got != canonicalJSON(t, tc.handler) {
+				t.Errorf("handler\n got %s\nwant %s", got, tc.handler)
+			}
+			if tc.match != "" {
+				if got := canonicalJSON(t, ours[0].match); got != canonicalJSON(t, tc.match) {
+					t.Errorf("match\n got %s\nwant %s", got, tc.match)
+				}
+			}
+			if tc.handlers != nil && !reflect.DeepEqual(names, tc.handlers) {
+				t.Errorf("handlers in order %v, want %v", names, tc.handlers)
+			}
+		})
+	}
+}
+
+type foundHandler struct {
+	handler map[string]any
+	match   any // the matchers of the route holding the handler
+}
+
+// collectHandlers walks adapted JSON and returns every handler object in
+// order, with its route's matchers.
+func collectHandlers(v any, match any, found []foundHandler) []foundHandler {
+	switch v := v.(type) {
+	case []any:
+		for _, e := range v {
+			found = collectHandlers(e, match, found)
+		}
+	case map[string]any:
+		if _, ok := v["handler"].(string); ok {
+			found = append(found, foundHandler{handler: v, match: match})
+		}
+		if handle, ok := v["handle"]; ok { // a route
+			return collectHandlers(handle, v["match"], found)
+		}
+		for _, key := range []string{"apps", "http", "servers", "srv0", "routes"} {
+			if child, ok := v[key]; ok {
+				found = collectHandlers(child, match, found)
+			}
+		}
+	}
+	return found
+}
+
+func canonicalJSON(t *testing.T, v any) string {
+	t.Helper()
+	if s, ok := v.(string); ok {
+		if err := json.Unmarshal([]byte(s), &v); err != nil {
+			t.Fatalf("bad JSON %q: %v", s, err)
+		}
+	}
+	out, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
+}

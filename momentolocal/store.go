@@ -1,0 +1,293 @@
+package momentolocal
+
+import (
+	"hash/maphash"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	// numShards spreads items over independent locks so that concurrent
+	// requests for different keys rarely wait for each other. A power of
+	// two, so that picking a shard is a mask.
+	numShards = 32
+
+	// itemOverhead estimates what one item costs beyond its key and value
+	// bytes (entry struct, map slot, LRU links), so that many tiny items
+	// cannot grow memory far beyond max_memory.
+	itemOverhead = 128
+)
+
+// store is the in-memory cache: items keyed by cache name and key, each with
+// an expiry, bounded in memory by evicting the least recently used items.
+//
+// Each shard keeps its own LRU list ordered by a global access sequence, so
+// the globally least recently used item is always the oldest of the shard
+// tails; eviction compares those tails and so stays exact across shards.
+type store struct {
+	shards   [numShards]shard
+	seed     maphash.Seed
+	now      func() time.Time
+	maxBytes int64 // bound on bytes plus items*itemOverhead
+
+	bytes atomic.Int64  // key and value bytes stored
+	items atomic.Int64  // number of items stored
+	seq   atomic.Uint64 // access sequence: higher is more recently used
+
+	// evictMu serialises eviction, so that concurrent writers that all
+	// see the store over its bound do not each evict an item for it.
+	evictMu sync.Mutex
+}
+
+// shard is one lock's share of the items. Its LRU list runs from head
+// (most recently used) to tail (least recently used).
+type shard struct {
+	mu    sync.Mutex
+	items map[itemKey]*entry
+	head  *entry
+	tail  *entry
+
+	// Pad to a cache line of its own so that locking one shard does not
+	// slow down neighbours that share the line.
+	_ [64]byte
+}
+
+// itemKey addresses an item. Lookups build it from strings that point into
+// the request, so a hit allocates nothing.
+type itemKey struct {
+	cache string
+	key   string
+}
+
+type entry struct {
+	k       itemKey
+	value   []byte // never modified once stored, so readers may use it unlocked
+	expires time.Time
+	seq     uint64
+	prev    *entry // towards head
+	next    *entry // towards tail
+}
+
+func (e *entry) size() int64 { return int64(len(e.k.key) + len(e.value)) }
+
+func newStore(maxBytes int64, now func() time.Time) *store {
+	s := &store{seed: maphash.MakeSeed(), now: now, maxBytes: maxBytes}
+	for i := range s.shards {
+		s.shards[i].items = make(map[itemKey]*entry)
+	}
+	return s
+}
+
+// shardFor hashes only the key: the same key in different caches sharing a
+// shard costs nothing, and it saves hashing the cache name on every request.
+func (s *store) shardFor(key string) *shard {
+	return &s.shards[maphash.String(s.seed, key)&(numShards-1)]
+}
+
+// get returns the value of an unexpired item and marks it recently used.
+// The returned slice must not be modified.
+func (s *store) get(cache, key string) ([]byte, bool) {
+	now := s.now()
+	sh := s.shardFor(key)
+	sh.mu.Lock()
+	e := sh.items[itemKey{cache, key}]
+	if e == nil {
+		sh.mu.Unlock()
+		return nil, false
+	}
+	if !now.Before(e.expires) {
+		s.remove(sh, e)
+		sh.mu.Unlock()
+		return nil, false
+	}
+	s.touch(sh, e)
+	v := e.value
+	sh.mu.Unlock()
+	return v, true
+}
+
+// set stores value under cache and key for ttl, replacing any item there.
+// The store keeps value itself: the caller must not modify it afterwards.
+func (s *store) set(cache, key string, value []byte, ttl time.Duration) {
+	expires := s.now().Add(ttl)
+	sh := s.shardFor(key)
+	sh.mu.Lock()
+	if e := sh.items[itemKey{cache, key}]; e != nil {
+		s.bytes.Add(int64(len(value) - len(e.value)))
+		e.value = value
+		e.expires = expires
+		s.touch(sh, e)
+	} else {
+		// Clone so that the stored item does not pin the request's URL.
+		e = &entry{
+			k:       itemKey{strings.Clone(cache), strings.Clone(key)},
+			value:   value,
+			expires: expires,
+		}
+		sh.items[e.k] = e
+		s.pushFront(sh, e)
+		s.bytes.Add(e.size())
+		s.items.Add(1)
+	}
+	sh.mu.Unlock()
+	if s.overBound() {
+		s.evict()
+	}
+}
+
+// delete removes an item; deleting an absent item is not an error.
+func (s *store) delete(cache, key string) {
+	sh := s.shardFor(key)
+	sh.mu.Lock()
+	if e := sh.items[itemKey{cache, key}]; e != nil {
+		s.remove(sh, e)
+	}
+	sh.mu.Unlock()
+}
+
+// sweep removes every item that has expired by now. Lazy expiry on access
+// keeps answers right; sweeping gives back the memory of items nobody asks
+// for again.
+func (s *store) sweep() {
+	now := s.now()
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for _, e := range sh.items {
+			if !now.Before(e.expires) {
+				s.remove(sh, e)
+			}
+		}
+		sh.mu.Unlock()
+	}
+}
+
+// sweeper is the goroutine that sweeps a store on every tick until it is
+// stopped, either by close or by done (a Caddy context ending).
+type sweeper struct {
+	stop     chan struct{}
+	stopped  chan struct{}
+	stopOnce sync.Once
+}
+
+// startSweeper sweeps s every interval, or on every value from ticks when
+// that is not nil (tests tick by hand).
+func startSweeper(s *store, interval time.Duration, ticks <-chan time.Time, done <-chan struct{}) *sweeper {
+	sw := &sweeper{stop: make(chan struct{}), stopped: make(chan struct{})}
+	var ticker *time.Ticker
+	if ticks == nil {
+		ticker = time.NewTicker(interval)
+		ticks = ticker.C
+	}
+	go func() {
+		defer close(sw.stopped)
+		if ticker != nil {
+			defer ticker.Stop()
+		}
+		for {
+			select {
+			case <-ticks:
+				s.sweep()
+			case <-sw.stop:
+				return
+			case <-done:
+				return
+			}
+		}
+	}()
+	return sw
+}
+
+// close stops the goroutine and waits for it to end; it may be called
+// more than once.
+func (sw *sweeper) close() {
+	sw.stopOnce.Do(func() { close(sw.stop) })
+	<-sw.stopped
+}
+
+func (s *store) len() int      { return int(s.items.Load()) }
+func (s *store) size() int64   { return s.bytes.Load() }
+func (s *store) memory() int64 { return s.bytes.Load() + s.items.Load()*itemOverhead }
+
+func (s *store) overBound() bool { return s.memory() > s.maxBytes }
+
+// evict removes least recently used items until the store is within its
+// bound. Shards are locked one at a time, never two at once.
+func (s *store) evict() {
+	s.evictMu.Lock()
+	defer s.evictMu.Unlock()
+	for s.overBound() {
+		var oldest *shard
+		var oldestSeq uint64
+		for i := range s.shards {
+			sh := &s.shards[i]
+			sh.mu.Lock()
+			if sh.tail != nil && (oldest == nil || sh.tail.seq < oldestSeq) {
+				oldest, oldestSeq = sh, sh.tail.seq
+			}
+			sh.mu.Unlock()
+		}
+		if oldest == nil {
+			return
+		}
+		// The tail may have been used or removed since it was seen; then
+		// this evicts a slightly newer item, which only bends LRU order
+		// under a race and still makes progress.
+		oldest.mu.Lock()
+		if oldest.tail != nil {
+			s.remove(oldest, oldest.tail)
+		}
+		oldest.mu.Unlock()
+	}
+}
+
+// The list helpers below require sh.mu to be held.
+
+func (s *store) touch(sh *shard, e *entry) {
+	e.seq = s.seq.Add(1)
+	if sh.head == e {
+		return
+	}
+	s.unlink(sh, e)
+	s.linkFront(sh, e)
+}
+
+func (s *store) pushFront(sh *shard, e *entry) {
+	e.seq = s.seq.Add(1)
+	s.linkFront(sh, e)
+}
+
+func (s *store) remove(sh *shard, e *entry) {
+	delete(sh.items, e.k)
+	s.unlink(sh, e)
+	s.bytes.Add(-e.size())
+	s.items.Add(-1)
+}
+
+func (s *store) linkFront(sh *shard, e *entry) {
+	e.prev = nil
+	e.next = sh.head
+	if sh.head != nil {
+		sh.head.prev = e
+	}
+	sh.head = e
+	if sh.tail == nil {
+		sh.tail = e
+	}
+}
+
+func (s *store) unlink(sh *shard, e *entry) {
+	if e.prev != nil {
+		e.prev.next = e.next
+	} else {
+		sh.head = e.next
+	}
+	if e.next != nil {
+		e.next.prev = e.prev
+	} else {
+		sh.tail = e.prev
+	}
+	e.prev, e.next = nil, nil
+}

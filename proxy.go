@@ -1,0 +1,252 @@
+package momento
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// errUpstreamTimeout is the cause of the upstream context when the
+// handler's timeout, not the client, ended the exchange.
+var errUpstreamTimeout = errors.New("upstream timeout")
+
+// errTooLarge ends a streamed upload that passed max_item_size.
+var errTooLarge = errors.New("value exceeds max_item_size")
+
+// newTransport is one region's connection pool. Every request of a region
+// goes to one host, so the per-host idle pool is sized for hundreds of
+// concurrent clients: a small pool would open a new connection for many
+// requests under load.
+func newTransport() *http.Transport {
+	return &http.Transport{
+		Proxy: http.ProxyFromEnvironment,
+		DialContext: (&net.Dialer{
+			Timeout:   5 * time.Second,
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		ForceAttemptHTTP2:   true,
+		MaxIdleConnsPerHost: 1024,
+		IdleConnTimeout:     90 * time.Second,
+		TLSHandshakeTimeout: 10 * time.Second,
+		// Values pass through byte for byte; never ask for gzip.
+		DisableCompression: true,
+		WriteBufferSize:    32 << 10,
+		ReadBufferSize:     32 << 10,
+	}
+}
+
+// proxy sends the call to its region through the region's breaker and
+// streams the answer back.
+func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *region) error {
+	done, wait, ok := rg.pooled.breaker.allow()
+	if !ok {
+		secs := retryAfterSeconds(wait)
+		w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+		writeRefusal(w, refuse(http.StatusServiceUnavailable, fmt.Sprintf(
+			"region %s is unavailable: its circuit breaker is open after repeated failures; retry in %d s", rg.name, secs)))
+		return nil
+	}
+	// Until the exchange says otherwise, it says nothing about the region.
+	outcome := errExcluded
+	defer func() { done(outcome) }()
+
+	ctx, cancel := context.WithTimeoutCause(r.Context(), h.timeout, errUpstreamTimeout)
+	defer cancel()
+
+	out := &http.Request{
+		Method:     r.Method,
+		URL:        &url.URL{Scheme: rg.scheme, Host: rg.host, Path: rg.basePath + cachePrefix + c.cache, RawQuery: c.upstreamQuery()},
+		Proto:      "HTTP/1.1",
+		ProtoMajor: 1,
+		ProtoMinor: 1,
+		Header:     http.Header{"Authorization": rg.authHeader},
+		Host:       rg.host,
+	}
+	var body *limitedBody
+	if c.op == opSet {
+		if r.ContentLength == 0 {
+			out.Body = http.NoBody
+		} else {
+			body = &limitedBody{rc: r.Body, limit: h.maxItemSize}
+			out.Body = body
+			out.ContentLength = r.ContentLength // -1 streams chunked
+		}
+	}
+
+	resp, err := rg.pooled.transport.RoundTrip(out.WithContext(ctx))
+	if err != nil {
+		outcome = h.roundTripFailed(w, r, ctx, err, body, rg)
+		return nil
+	}
+	defer resp.Body.Close()
+
+	hdr := w.Header()
+	for k, v := range resp.Header {
+		if !hopByHop(k) {
+			hdr[k] = v
+		}
+	}
+	w.WriteHeader(resp.StatusCode)
+	if resp.StatusCode >= 500 {
+		outcome = errUpstreamFailure
+	} else {
+		outcome = nil
+	}
+
+	readErr, writeErr := copyBody(w, resp.Body)
+	switch {
+	case readErr != nil:
+		// The region broke off mid-answer (or the timeout hit). The status
+		// is already sent: abort the connection so the client cannot
+		// mistake a truncated value for a whole one.
+		outcome = errUpstreamFailure
+		h.logger.Warn("upstream answer cut off", zap.String("region", rg.name), zap.String("op", c.op.String()), zap.Error(unwrapURLError(readErr)))
+		panic(http.ErrAbortHandler)
+	case writeErr != nil:
+		outcome = errExcluded // the client went away
+	}
+	return nil
+}
+
+// roundTripFailed answers a request whose upstream exchange failed before
+// a response arrived, and says whether the region is to blame.
+func (h *Handler) roundTripFailed(w http.ResponseWriter, r *http.Request, ctx context.Context, err error, body *limitedBody, rg *region) error {
+	switch {
+	case body != nil && body.state.Load() == bodyTooLarge:
+		writeRefusal(w, refuse(http.StatusRequestEntityTooLarge, fmt.Sprintf(
+			"value exceeds max_item_size (%d bytes); nothing was stored", h.maxItemSize)))
+		return errExcluded
+	case r.Context().Err() != nil:
+		// The client went away; nobody reads this, but the access log does.
+		w.WriteHeader(499)
+		return errExcluded
+	case errors.Is(context.Cause(ctx), errUpstreamTimeout):
+		if body != nil && body.state.Load() == bodyReading {
+			writeRefusal(w, refuse(http.StatusRequestTimeout, fmt.Sprintf(
+				"the value did not arrive within %s; nothing was stored", h.timeout)))
+			return errExcluded
+		}
+		writeRefusal(w, refuse(http.StatusGatewayTimeout, fmt.Sprintf(
+			"region %s did not answer within %s", rg.name, h.timeout)))
+		return errUpstreamFailure
+	case body != nil && body.state.Load() == bodyFailed:
+		writeRefusal(w, refuse(http.StatusBadRequest, "reading the request body failed; nothing was stored"))
+		return errExcluded
+	}
+	err = unwrapURLError(err)
+	h.logger.Warn("region unreachable", zap.String("region", rg.name), zap.String("endpoint", rg.endpoint), zap.Error(err))
+	writeRefusal(w, refuse(http.StatusBadGateway, fmt.Sprintf(
+		"region %s could not be reached (%s)", rg.name, describeNetError(err))))
+	return errUpstreamFailure
+}
+
+// unwrapURLError drops the *url.Error wrapper, whose message repeats the
+// upstream URL and so the client's key.
+func unwrapURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// describeNetError names a transport failure in a few words a client can
+// act on, without internal addresses.
+func describeNetError(err error) string {
+	var op *net.OpError
+	if errors.As(err, &op) {
+		switch op.Op {
+		case "dial":
+			return "connection failed"
+		case "read":
+			return "connection lost while reading"
+		case "write":
+			return "connection lost while writing"
+		}
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return "connection closed before an answer"
+	}
+	return "transport error"
+}
+
+// hopByHop reports headers that describe one connection and must not be
+// copied to another (RFC 9110, section 7.6.1).
+func hopByHop(name string) bool {
+	switch name {
+	case "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
+		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// copyBody streams the answer to the client and tells a failing region
+// (readErr) from a departed client (writeErr).
+func copyBody(w io.Writer, r io.Reader) (readErr, writeErr error) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return nil, werr
+			}
+		}
+		if err == io.EOF {
+			return nil, nil
+		}
+		if err != nil {
+			return err, nil
+		}
+	}
+}
+
+// States of a client's upload as the transport reads it.
+const (
+	bodyReading int32 = iota
+	bodyComplete
+	bodyTooLarge
+	bodyFailed
+)
+
+// limitedBody streams a client's value upstream and stops it, with an
+// error that aborts the upstream request, the moment it passes the limit.
+// The transport reads it on its own goroutine, hence the atomic state.
+type limitedBody struct {
+	rc    io.ReadCloser
+	limit int64
+	n     int64
+	state atomic.Int32
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	b.n += int64(n)
+	if b.n > b.limit {
+		b.state.Store(bodyTooLarge)
+		return 0, errTooLarge
+	}
+	switch {
+	case err == io.EOF:
+		b.state.CompareAndSwap(bodyReading, bodyComplete)
+	case err != nil:
+		b.state.CompareAndSwap(bodyReading, bodyFailed)
+	}
+	return n, err
+}
+
+func (b *limitedBody) Close() error { return b.rc.Close() }

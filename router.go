@@ -1,0 +1,250 @@
+package momento
+
+import (
+	"encoding/base64"
+	"net/http"
+	"net/url"
+	"path"
+	"strconv"
+	"strings"
+)
+
+// op is what a request asks Momento to do.
+type op uint8
+
+const (
+	opGet op = iota + 1
+	opSet
+	opDelete
+)
+
+// String is the operation's name as users write it in config and see it in
+// logs and metrics.
+func (o op) String() string {
+	switch o {
+	case opGet:
+		return "get"
+	case opSet:
+		return "set"
+	case opDelete:
+		return "delete"
+	}
+	return "unknown"
+}
+
+// call is a request parsed once, at the edge: everything later steps need
+// to decide and to build the upstream request. Nothing downstream looks at
+// the URL again.
+type call struct {
+	op    op
+	cache string
+	// key is the key as the upstream query expects it: the client's key,
+	// query-escaped, or for key_base64 the unpadded URL-safe base64 text.
+	key       string
+	keyBase64 bool
+	// ttl is the validated ttl_seconds digits (set only).
+	ttl string
+	// hasClientToken is true when the client sent a token parameter or an
+	// Authorization header of its own.
+	hasClientToken bool
+}
+
+// refusal is a request the gateway answers itself, with Momento's status
+// codes and a plain-text message that names the problem.
+type refusal struct {
+	status int
+	msg    string
+	allow  string // Allow header, for 405
+}
+
+func refuse(status int, msg string) *refusal { return &refusal{status: status, msg: msg} }
+
+const cachePrefix = "/cache/"
+
+// allowedCacheMethods is the Allow header on a 405 for a cache path.
+const allowedCacheMethods = "GET, PUT, DELETE"
+
+// parseCall reads what the client asks for. It returns (nil, nil) for paths
+// that are not Momento's API, which go to the next handler.
+func parseCall(r *http.Request) (*call, *refusal) {
+	p := r.URL.Path
+	if !strings.HasPrefix(p, cachePrefix) {
+		return nil, nil
+	}
+	c := &call{cache: p[len(cachePrefix):]}
+	switch r.Method {
+	case http.MethodGet:
+		c.op = opGet
+	case http.MethodPut:
+		c.op = opSet
+	case http.MethodDelete:
+		c.op = opDelete
+	default:
+		return nil, &refusal{status: http.StatusMethodNotAllowed,
+			msg:   "method " + r.Method + " is not allowed on a cache; use GET, PUT or DELETE",
+			allow: allowedCacheMethods}
+	}
+	if msg := checkCacheName(c.cache); msg != "" {
+		return nil, refuse(http.StatusBadRequest, msg)
+	}
+	if rf := c.parseQuery(r.URL.RawQuery); rf != nil {
+		return nil, rf
+	}
+	if len(r.Header["Authorization"]) > 0 {
+		c.hasClientToken = true
+	}
+	return c, nil
+}
+
+// checkCacheName returns why a cache name is refused, or "".
+func checkCacheName(name string) string {
+	if name == "" {
+		return "cache name is missing: use /cache/{cacheName}"
+	}
+	if strings.Contains(name, "..") {
+		return "cache name must not contain '..'"
+	}
+	for i := 0; i < len(name); i++ {
+		switch b := name[i]; {
+		case b == '/':
+			return "cache name must not contain '/'"
+		case b < 0x20 || b == 0x7f:
+			return "cache name must not contain control characters"
+		}
+	}
+	return ""
+}
+
+// parseQuery scans the query once, without building a url.Values map:
+// this runs on every request.
+func (c *call) parseQuery(raw string) *refusal {
+	var key, keyB64, ttl string
+	var haveKey, haveKeyB64, haveTTL bool
+	for raw != "" {
+		var pair string
+		pair, raw, _ = strings.Cut(raw, "&")
+		if pair == "" {
+			continue
+		}
+		if strings.IndexByte(pair, ';') >= 0 {
+			return refuse(http.StatusBadRequest, "query contains ';': separate parameters with '&'")
+		}
+		name, value, _ := strings.Cut(pair, "=")
+		if strings.ContainsAny(name, "%+") {
+			n, err := url.QueryUnescape(name)
+			if err != nil {
+				return refuse(http.StatusBadRequest, "query parameter name is not valid URL encoding")
+			}
+			name = n
+		}
+		var seen *bool
+		switch name {
+		case "key":
+			key, seen = value, &haveKey
+		case "key_base64":
+			keyB64, seen = value, &haveKeyB64
+		case "ttl_seconds":
+			ttl, seen = value, &haveTTL
+		case "token":
+			c.hasClientToken = true
+			continue
+		default:
+			// Momento's cache API has no other parameters; unknown ones
+			// are not forwarded.
+			continue
+		}
+		if *seen {
+			return refuse(http.StatusBadRequest, "query parameter "+name+" is given more than once")
+		}
+		*seen = true
+	}
+
+	switch {
+	case haveKey && haveKeyB64:
+		return refuse(http.StatusBadRequest, "give either key or key_base64, not both")
+	case haveKey:
+		k, err := url.QueryUnescape(key)
+		if err != nil {
+			return refuse(http.StatusBadRequest, "key is not valid URL encoding")
+		}
+		if k == "" {
+			return refuse(http.StatusBadRequest, "key must not be empty")
+		}
+		// Re-escaped canonically: the upstream never sees a client's odd
+		// but accepted encoding. QueryEscape does not allocate for plain keys.
+		c.key = url.QueryEscape(k)
+	case haveKeyB64:
+		k, err := url.QueryUnescape(keyB64)
+		if err != nil {
+			return refuse(http.StatusBadRequest, "key_base64 is not valid URL encoding")
+		}
+		k = strings.TrimRight(k, "=")
+		if k == "" {
+			return refuse(http.StatusBadRequest, "key_base64 must not be empty")
+		}
+		if _, err := base64.RawURLEncoding.DecodeString(k); err != nil {
+			return refuse(http.StatusBadRequest, "key_base64 is not URL-safe base64 (alphabet A-Z a-z 0-9 - _, padding optional)")
+		}
+		c.key, c.keyBase64 = k, true
+	default:
+		return refuse(http.StatusBadRequest, "query parameter key (or key_base64) is required")
+	}
+
+	if c.op == opSet {
+		if !haveTTL {
+			return refuse(http.StatusBadRequest, "query parameter ttl_seconds is required to set a value")
+		}
+		if n, err := strconv.ParseUint(ttl, 10, 63); err != nil || n == 0 {
+			return refuse(http.StatusBadRequest, "ttl_seconds must be a positive whole number of seconds")
+		}
+		c.ttl = ttl
+	}
+	return nil
+}
+
+// upstreamQuery is the query sent to Momento: only what Momento needs,
+// never a client's token.
+func (c *call) upstreamQuery() string {
+	var q string
+	if c.keyBase64 {
+		q = "key_base64=" + c.key
+	} else {
+		q = "key=" + c.key
+	}
+	if c.op == opSet {
+		q += "&ttl_seconds=" + c.ttl
+	}
+	return q
+}
+
+// Route sends the caches whose names match a glob to one region.
+type Route struct {
+	// A glob on the cache name, as path.Match understands it: * matches any
+	// run of characters, ? one, [a-z] a class. Example: "sessions-*".
+	Cache string `json:"cache"`
+
+	// The name of a configured region.
+	Region string `json:"region"`
+}
+
+// checkGlob returns why a cache glob is unusable, or "".
+func checkGlob(glob string) string {
+	if glob == "" {
+		return "cache glob is empty"
+	}
+	if _, err := path.Match(glob, ""); err != nil {
+		return "cache glob " + strconv.Quote(glob) + " is malformed (check its [ ] classes and \\ escapes)"
+	}
+	return ""
+}
+
+// regionFor picks the region for a cache: the first matching route, else
+// the default region; nil when neither applies.
+func (h *Handler) regionFor(cache string) *region {
+	for i := range h.routes {
+		if ok, _ := path.Match(h.routes[i].glob, cache); ok {
+			return h.routes[i].region
+		}
+	}
+	return h.defaultRegion
+}
