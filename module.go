@@ -143,6 +143,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err := rg.attach(breakerCfg, h.logger); err != nil {
 			return fmt.Errorf("momento: %w", err)
 		}
+		if !strings.Contains(rc.Token, "{") && rg.token.Kind() != TokenOpaque {
+			h.logger.Warn("a Momento token is written into the config itself, so `caddy adapt` and the admin API show it: use token {env.MOMENTO_API_KEY} or {file./path} instead",
+				zap.String("region", rg.name), zap.String("token_fingerprint", rg.token.Fingerprint()))
+		}
 		h.regions = append(h.regions, rg)
 		byName[rg.name] = rg
 		h.logger.Info("momento region",

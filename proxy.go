@@ -69,7 +69,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *reg
 		Proto:      "HTTP/1.1",
 		ProtoMajor: 1,
 		ProtoMinor: 1,
-		Header:     http.Header{"Authorization": rg.authHeader},
+		Header:     http.Header{"Authorization": rg.token.authHeader()},
 		Host:       rg.host,
 	}
 	var body *limitedBody

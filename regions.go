@@ -99,6 +99,9 @@ type tokenSecret struct {
 	// header is what goes upstream in the authorization header: for v1 keys
 	// the inner api_key, as the SDKs send it; otherwise the token as given.
 	header string
+	// headerValues is header as an http.Header value, built once and shared
+	// by every request (the transport only reads it).
+	headerValues []string
 	// fingerprint identifies the token in logs without revealing it.
 	fingerprint string
 	kind        TokenKind
@@ -111,6 +114,12 @@ type tokenSecret struct {
 // opaque and passes upstream unchanged. Nothing about the token's content
 // is ever put in an error.
 func ParseToken(raw string) Token {
+	t := parseToken(raw)
+	t.secret.headerValues = []string{t.secret.header}
+	return t
+}
+
+func parseToken(raw string) Token {
 	raw = strings.TrimSpace(raw)
 	sum := sha256.Sum256([]byte(raw))
 	s := &tokenSecret{header: raw, fingerprint: hex.EncodeToString(sum[:4]), kind: TokenOpaque}
@@ -191,13 +200,22 @@ func (t Token) Endpoint() string {
 	return t.secret.endpoint
 }
 
-// headerValue is the value of the authorization header sent upstream. It is
-// the only way to read the secret, and it is unexported on purpose.
+// headerValue is the value of the authorization header sent upstream.
+// It and authHeader are the only ways to read the secret, unexported on
+// purpose.
 func (t Token) headerValue() string {
 	if t.secret == nil {
 		return ""
 	}
 	return t.secret.header
+}
+
+// authHeader is headerValue as a header value slice, shared by requests.
+func (t Token) authHeader() []string {
+	if t.secret == nil {
+		return nil
+	}
+	return t.secret.headerValues
 }
 
 func (t Token) redacted() string {
@@ -231,9 +249,6 @@ type region struct {
 	host     string
 	basePath string // path prefix of a custom endpoint, usually ""
 	token    Token
-	// authHeader is the authorization header, built once and shared by
-	// every request (the transport only reads it).
-	authHeader []string
 
 	pooled  *pooledRegion
 	poolKey string
@@ -295,7 +310,6 @@ func resolveRegion(rc RegionConfig, repl *caddy.Replacer) (*region, error) {
 		return nil, fmt.Errorf("region %q: %v", rc.Name, err)
 	}
 	rg.scheme, rg.host, rg.basePath = u.Scheme, u.Host, u.Path
-	rg.authHeader = []string{rg.token.headerValue()}
 	return rg, nil
 }
 

@@ -53,12 +53,14 @@ const (
 
 // Handler serves Momento's cache HTTP API (GET, PUT and DELETE on
 // /cache/{cache}) from memory. Requests for other paths go to the next
-// handler, so it composes with other handlers in a route.
+// handler, so it composes with other handlers in a route. It must be
+// started by Provision (in Caddy) or New (outside) before it serves.
 type Handler struct {
 	// The token every request must carry, either raw in the
 	// `authorization` header or in the `token` query parameter. When
 	// empty, any token or none is accepted. A request that carries both
-	// the header and the parameter is rejected, as Momento does.
+	// the header and the parameter is rejected, as Momento does. The token
+	// is never logged nor echoed in a response.
 	Token string `json:"token,omitempty"`
 
 	// The caches that exist. A request for any other cache is answered
@@ -125,6 +127,7 @@ func (h *Handler) start(done <-chan struct{}) error {
 	if err := h.Validate(); err != nil {
 		return err
 	}
+	h.caches = nil // nil: every cache exists
 	if len(h.Caches) > 0 {
 		h.caches = make(map[string]struct{}, len(h.Caches))
 		for _, name := range h.Caches {
@@ -136,7 +139,6 @@ func (h *Handler) start(done <-chan struct{}) error {
 		now = time.Now
 	}
 	h.store = newStore(h.MaxMemory, now)
-
 	h.sweeper = startSweeper(h.store, sweepInterval, h.sweepTicks, done)
 
 	h.logger.Debug("momento_local ready",
@@ -291,9 +293,12 @@ func (h *Handler) serveCache(w http.ResponseWriter, r *http.Request, cache strin
 			writeError(w, http.StatusNotFound, "Key Not Found")
 			return
 		}
+		// One allocation for both header values; capped so that an append
+		// to one cannot overwrite the other.
+		vals := []string{"application/octet-stream", strconv.Itoa(len(value))}
 		hdr := w.Header()
-		hdr["Content-Type"] = []string{"application/octet-stream"}
-		hdr["Content-Length"] = []string{strconv.Itoa(len(value))}
+		hdr["Content-Type"] = vals[0:1:1]
+		hdr["Content-Length"] = vals[1:2:2]
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write(value)
 	case http.MethodPut:
@@ -380,9 +385,10 @@ func readValue(r *http.Request, keyLen, maxItemSize int64) ([]byte, int, error) 
 
 // writeError answers with a plain-text message, as Momento does.
 func writeError(w http.ResponseWriter, status int, message string) {
+	vals := []string{"text/plain; charset=utf-8", "nosniff"}
 	hdr := w.Header()
-	hdr["Content-Type"] = []string{"text/plain; charset=utf-8"}
-	hdr["X-Content-Type-Options"] = []string{"nosniff"}
+	hdr["Content-Type"] = vals[0:1:1]
+	hdr["X-Content-Type-Options"] = vals[1:2:2]
 	w.WriteHeader(status)
 	_, _ = io.WriteString(w, message)
 }

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Starts ./xcaddy.sh run (Caddyfile.example, embedded backend) and runs every
+# curl example between the README's <!-- smoke --> markers, checking that
+# each output contains the lines marked `# => ` after it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log="$(mktemp)"
+env -u MOMENTO_API_KEY -u MOMENTO_BACKEND ./xcaddy.sh run >"$log" 2>&1 &
+pid=$!
+cleanup() {
+	kill "$pid" 2>/dev/null || true
+	pkill -P "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# xcaddy.sh run builds first (cached after .ci/run's build): allow a few minutes.
+for _ in $(seq 1 600); do
+	if curl -s -o /dev/null http://localhost:8080/; then break; fi
+	if ! kill -0 "$pid" 2>/dev/null; then
+		echo "xcaddy.sh run exited:" >&2
+		cat "$log" >&2
+		exit 1
+	fi
+	sleep 0.5
+done
+curl -s -o /dev/null http://localhost:8080/ || { echo "gateway did not come up" >&2; cat "$log" >&2; exit 1; }
+
+block="$(sed -n '/<!-- smoke -->/,/<!-- \/smoke -->/p' README.md)"
+[ -n "$block" ] || { echo "README.md has no <!-- smoke --> block" >&2; exit 1; }
+
+passed=0
+failed=0
+output=""
+cmd=""
+while IFS= read -r line; do
+	case "$line" in
+	curl\ *)
+		cmd="$line"
+		output="$(bash -c "$cmd" 2>&1 || true)"
+		;;
+	"# => "*)
+		want="${line#\# => }"
+		if grep -qF -- "$want" <<<"$output"; then
+			passed=$((passed + 1))
+		else
+			failed=$((failed + 1))
+			printf 'FAIL: %s\n  wanted: %s\n  got:\n%s\n' "$cmd" "$want" "$output" >&2
+		fi
+		;;
+	esac
+done <<<"$block"
+
+echo "smoke: $passed passed, $failed failed"
+[ "$passed" -gt 0 ] && [ "$failed" -eq 0 ]

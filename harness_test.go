@@ -1,0 +1,210 @@
+package momento
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	"github.com/momento-gateway/caddy-momento/momentolocal"
+)
+
+// This file holds the test harness: a real Caddy, loaded in process from a
+// Caddyfile and listening on loopback, in front of real upstreams (the
+// embedded backend, or servers that fail on purpose).
+
+// upstream is an HTTP server on loopback that counts what reaches it and
+// remembers the last request's credentials.
+type upstream struct {
+	URL      string
+	srv      *httptest.Server
+	hits     atomic.Int64
+	lastAuth atomic.Value // string
+	lastURI  atomic.Value // string
+}
+
+func newUpstream(t *testing.T, h http.Handler) *upstream {
+	t.Helper()
+	u := &upstream{}
+	u.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.hits.Add(1)
+		u.lastAuth.Store(r.Header.Get("Authorization"))
+		u.lastURI.Store(r.RequestURI)
+		h.ServeHTTP(w, r)
+	}))
+	u.URL = u.srv.URL
+	t.Cleanup(u.srv.Close)
+	return u
+}
+
+// localUpstream runs the embedded backend as a region, requiring token.
+func localUpstream(t *testing.T, token string) (*upstream, *momentolocal.Handler) {
+	t.Helper()
+	lh, err := momentolocal.New(momentolocal.Handler{Token: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lh.Close() })
+	return newUpstream(t, lh.HTTPHandler()), lh
+}
+
+// refusedURL is an address where nothing listens.
+func refusedURL(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return "http://" + addr
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// gateway is a running Caddy with a momento handler.
+type gateway struct {
+	t       *testing.T
+	base    string
+	logPath string
+	client  *http.Client
+}
+
+// startGateway loads a Caddyfile whose site holds the given directives
+// (usually one momento block) and a file_server that stands for "the next
+// handler". Caddy's own logs, at debug level, go to a file the test can read.
+func startGateway(t *testing.T, directives string) *gateway {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "index.html"), []byte("next handler"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(dir, "caddy.log")
+	port := freePort(t)
+	cf := fmt.Sprintf(`{
+	admin off
+	persist_config off
+	log {
+		output file %s
+		level DEBUG
+	}
+}
+:%d {
+	bind 127.0.0.1
+	log {
+		output file %s
+	}
+%s
+	file_server {
+		root %s
+	}
+}
+`, logPath, port, logPath, directives, dir)
+	cfgJSON := adapt(t, cf)
+	if err := caddy.Load(cfgJSON, true); err != nil {
+		t.Fatalf("loading config: %v\n%s", err, cf)
+	}
+	t.Cleanup(func() { _ = caddy.Stop() })
+	return &gateway{
+		t:       t,
+		base:    fmt.Sprintf("http://127.0.0.1:%d", port),
+		logPath: logPath,
+		client:  &http.Client{Timeout: 30 * time.Second},
+	}
+}
+
+// loadError loads a Caddyfile and returns the error Caddy gives.
+func loadError(t *testing.T, directives string) error {
+	t.Helper()
+	cf := fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n}\n:%d {\n\tbind 127.0.0.1\n%s\n}\n", freePort(t), directives)
+	cfgJSON, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		return err
+	}
+	err = caddy.Load(cfgJSON, true)
+	if err == nil {
+		_ = caddy.Stop()
+	}
+	return err
+}
+
+func adapt(t *testing.T, cf string) []byte {
+	t.Helper()
+	cfgJSON, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		t.Fatalf("adapting Caddyfile: %v\n%s", err, cf)
+	}
+	for _, w := range warnings {
+		t.Logf("adapt warning: %s", w.String())
+	}
+	return cfgJSON
+}
+
+// response is what a client saw.
+type response struct {
+	status int
+	header http.Header
+	body   string
+}
+
+func (g *gateway) do(method, target string, body io.Reader, hdr ...string) response {
+	g.t.Helper()
+	req, err := http.NewRequest(method, g.base+target, body)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := g.client.Do(req)
+	if err != nil {
+		g.t.Fatalf("%s %s: %v", method, target, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		g.t.Fatalf("%s %s: reading body: %v", method, target, err)
+	}
+	return response{status: resp.StatusCode, header: resp.Header, body: string(b)}
+}
+
+func (g *gateway) get(target string) response { return g.do(http.MethodGet, target, nil) }
+func (g *gateway) put(target, value string) response {
+	return g.do(http.MethodPut, target, strings.NewReader(value))
+}
+
+// logs returns what Caddy logged so far.
+func (g *gateway) logs() string {
+	b, err := os.ReadFile(g.logPath)
+	if err != nil && !os.IsNotExist(err) {
+		g.t.Fatal(err)
+	}
+	return string(b)
+}
+
+func expect(t *testing.T, r response, status int, bodyContains string) {
+	t.Helper()
+	if r.status != status || !strings.Contains(r.body, bodyContains) {
+		t.Fatalf("got %d %q; want %d with body containing %q", r.status, r.body, status, bodyContains)
+	}
+}
