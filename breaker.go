@@ -116,6 +116,9 @@ type breaker struct {
 	forceOpen   atomic.Bool
 
 	openedAt atomic.Int64 // unix nanos of the last transition to open
+	// tripCounts are the counts that last opened the breaker, for the log:
+	// gobreaker clears its counts on every state change.
+	tripCounts atomic.Pointer[gobreaker.Counts]
 	openFor  atomic.Int64 // nanoseconds
 
 	logger atomic.Pointer[zap.Logger]
@@ -171,23 +174,27 @@ func (b *breaker) trip() {
 }
 
 func (b *breaker) readyToTrip(c gobreaker.Counts) bool {
-	if b.forceOpen.Load() || c.ConsecutiveFailures >= b.failures.Load() {
-		return true
-	}
 	ratio := math.Float64frombits(b.ratioBits.Load())
-	return ratio > 0 && c.Requests >= b.minRequests.Load() &&
-		float64(c.TotalFailures)/float64(c.Requests) >= ratio
+	trip := b.forceOpen.Load() || c.ConsecutiveFailures >= b.failures.Load() ||
+		ratio > 0 && c.Requests >= b.minRequests.Load() && float64(c.TotalFailures)/float64(c.Requests) >= ratio
+	if trip {
+		b.tripCounts.Store(&c)
+	}
+	return trip
 }
 
 // onStateChange runs under gobreaker's lock: it must not call back into cb.
 func (b *breaker) onStateChange(name string, from, to gobreaker.State) {
+	fields := []zap.Field{zap.String("region", name), zap.String("from", from.String()), zap.String("to", to.String())}
 	if to == gobreaker.StateOpen {
 		b.openedAt.Store(time.Now().UnixNano())
+		fields = append(fields, zap.Duration("open_for", time.Duration(b.openFor.Load())))
+		if c := b.tripCounts.Load(); c != nil && from == gobreaker.StateClosed {
+			fields = append(fields, zap.Uint32("requests", c.Requests), zap.Uint32("failures", c.TotalFailures),
+				zap.Uint32("consecutive_failures", c.ConsecutiveFailures))
+		}
 	}
-	b.logger.Load().Warn("circuit breaker state changed",
-		zap.String("region", name),
-		zap.String("from", from.String()),
-		zap.String("to", to.String()))
+	b.logger.Load().Warn("circuit breaker state changed", fields...)
 }
 
 // current returns the gobreaker in force.

@@ -31,6 +31,7 @@ type upstream struct {
 	URL      string
 	srv      *httptest.Server
 	hits     atomic.Int64
+	conns    atomic.Int64 // connections accepted
 	lastAuth atomic.Value // string
 	lastURI  atomic.Value // string
 }
@@ -38,12 +39,18 @@ type upstream struct {
 func newUpstream(t *testing.T, h http.Handler) *upstream {
 	t.Helper()
 	u := &upstream{}
-	u.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	u.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u.hits.Add(1)
 		u.lastAuth.Store(r.Header.Get("Authorization"))
 		u.lastURI.Store(r.RequestURI)
 		h.ServeHTTP(w, r)
 	}))
+	u.srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			u.conns.Add(1)
+		}
+	}
+	u.srv.Start()
 	u.URL = u.srv.URL
 	t.Cleanup(u.srv.Close)
 	return u

@@ -318,6 +318,31 @@ func TestBreakerOpensAndRejectsWithoutUpstreamTraffic(t *testing.T) {
 	// The other region is untouched.
 	expect(t, g.put("/cache/fine?key=k&ttl_seconds=9", "v"), http.StatusNoContent, "")
 	expect(t, g.get("/cache/fine?key=k"), http.StatusOK, "v")
+
+	// The operator sees the transition in the log, with the counts that caused it.
+	var transition string
+	for _, line := range strings.Split(g.logs(), "\n") {
+		if strings.Contains(line, "circuit breaker state changed") {
+			transition = line
+		}
+	}
+	for _, want := range []string{`"level":"warn"`, `"region":"bad"`, `"from":"closed"`, `"to":"open"`, `"consecutive_failures":3`} {
+		if !strings.Contains(transition, want) {
+			t.Errorf("breaker transition log %q lacks %s", transition, want)
+		}
+	}
+}
+
+func TestUpstreamConnectionsAreReused(t *testing.T) {
+	up, _ := localUpstream(t, "t")
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t}")
+	for i := 0; i < 50; i++ {
+		expect(t, g.put(fmt.Sprintf("/cache/c?key=k%d&ttl_seconds=60", i), "v"), http.StatusNoContent, "")
+		expect(t, g.get(fmt.Sprintf("/cache/c?key=k%d", i)), http.StatusOK, "v")
+	}
+	if n := up.conns.Load(); n != 1 {
+		t.Fatalf("100 sequential requests opened %d upstream connections, want 1", n)
+	}
 }
 
 func TestFailureRatioOpensBreaker(t *testing.T) {
