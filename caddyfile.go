@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -57,6 +58,18 @@ func (p position) errorf(format string, args ...any) error {
 //			window <duration>
 //			open_for <duration>
 //			half_open_requests <n>
+//		}
+//		allow {
+//			caches <glob...>
+//			ops <get|set|delete|publish|subscribe...>
+//			max_ttl <duration>
+//		}
+//		key_prefix <template>
+//		cors {
+//			origins <origin...>
+//			max_age <duration>
+//			allow_credentials
+//			headers <header...>
 //		}
 //	}
 //
@@ -170,8 +183,37 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 
+		case "allow":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if h.Allow == nil {
+				h.Allow = new(AllowPolicy)
+			}
+			if err := h.Allow.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
+
+		case "key_prefix":
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			h.KeyPrefix = v
+
+		case "cors":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if h.CORS == nil {
+				h.CORS = new(CORSConfig)
+			}
+			if err := h.CORS.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
+
 		default:
-			return d.Errf("unknown subdirective %q in momento (expected region, default_region, route, client_token, timeout, max_item_size or breaker)", d.Val())
+			return d.Errf("unknown subdirective %q in momento (expected region, default_region, route, client_token, timeout, max_item_size, breaker, allow, key_prefix or cors)", d.Val())
 		}
 	}
 
@@ -254,6 +296,88 @@ func (c *BreakerConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("unknown subdirective %q in breaker (expected failures, failure_ratio, min_requests, window, open_for or half_open_requests)", name)
 		}
+	}
+	return nil
+}
+
+func (p *AllowPolicy) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	for d.NextBlock(1) {
+		switch d.Val() {
+		case "caches":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Errf("allow caches needs at least one cache glob, e.g. caches public-*")
+			}
+			for _, g := range args {
+				if msg := checkGlob(g); msg != "" {
+					return d.Errf("allow caches: %s", msg)
+				}
+			}
+			p.Caches = append(p.Caches, args...)
+		case "ops":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Errf("allow ops needs at least one of %s", strings.Join(opNames, ", "))
+			}
+			for _, o := range args {
+				if msg := checkOp(o); msg != "" {
+					return d.Errf("allow ops: %s", msg)
+				}
+			}
+			p.Ops = append(p.Ops, args...)
+		case "max_ttl":
+			dur, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			if dur < caddy.Duration(time.Second) {
+				return d.Errf("max_ttl %s is under a second; Momento TTLs are whole seconds", time.Duration(dur))
+			}
+			p.MaxTTL = dur
+		default:
+			return d.Errf("unknown subdirective %q in allow (expected caches, ops or max_ttl)", d.Val())
+		}
+	}
+	return nil
+}
+
+func (c *CORSConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	for d.NextBlock(1) {
+		switch d.Val() {
+		case "origins":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Errf("cors origins needs at least one origin, e.g. origins https://app.example.com")
+			}
+			for _, o := range args {
+				if msg := checkOrigin(o); msg != "" {
+					return d.Errf("cors: %s", msg)
+				}
+			}
+			c.Origins = append(c.Origins, args...)
+		case "max_age":
+			dur, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			c.MaxAge = dur
+		case "allow_credentials":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			c.AllowCredentials = true
+		case "headers":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Errf("cors headers needs at least one header name")
+			}
+			c.Headers = append(c.Headers, args...)
+		default:
+			return d.Errf("unknown subdirective %q in cors (expected origins, max_age, allow_credentials or headers)", d.Val())
+		}
+	}
+	if len(c.Origins) == 0 {
+		return d.Errf("cors needs an origins line, e.g. origins https://app.example.com")
 	}
 	return nil
 }

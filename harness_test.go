@@ -106,9 +106,8 @@ func startGateway(t *testing.T, directives string) *gateway {
 	if err := os.WriteFile(filepath.Join(dir, "index.html"), []byte("next handler"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	logPath := filepath.Join(dir, "caddy.log")
-	port := freePort(t)
-	cf := fmt.Sprintf(`{
+	return runCaddyfile(t, func(port int, logPath string) string {
+		return fmt.Sprintf(`{
 	admin off
 	persist_config off
 	log {
@@ -127,6 +126,16 @@ func startGateway(t *testing.T, directives string) *gateway {
 	}
 }
 `, logPath, port, logPath, directives, dir)
+	})
+}
+
+// runCaddyfile loads the Caddyfile that site returns for a free port and a
+// log file path, and stops Caddy when the test ends.
+func runCaddyfile(t *testing.T, site func(port int, logPath string) string) *gateway {
+	t.Helper()
+	logPath := filepath.Join(t.TempDir(), "caddy.log")
+	port := freePort(t)
+	cf := site(port, logPath)
 	cfgJSON := adapt(t, cf)
 	if err := caddy.Load(cfgJSON, true); err != nil {
 		t.Fatalf("loading config: %v\n%s", err, cf)
@@ -214,4 +223,8 @@ func expect(t *testing.T, r response, status int, bodyContains string) {
 	if r.status != status || !strings.Contains(r.body, bodyContains) {
 		t.Fatalf("got %d %q; want %d with body containing %q", r.status, r.body, status, bodyContains)
 	}
+}
+
+func adaptCaddyfile(cf string) ([]byte, []caddyconfig.Warning, error) {
+	return caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
 }

@@ -63,6 +63,28 @@ type Handler struct {
 	// endpoint; the handler provisioned last sets their thresholds.
 	Breaker *BreakerConfig `json:"breaker,omitempty"`
 
+	// What this handler's clients may do: which caches, which operations,
+	// how long a TTL. Default: everything the routes reach.
+	Allow *AllowPolicy `json:"allow,omitempty"`
+
+	// Prepended to every key before it goes upstream, invisible to clients.
+	// Caddy placeholders are expanded per request, e.g.
+	// "{http.auth.user.id}:" gives each signed-in user a private key space
+	// behind basic_auth or any auth handler. Placeholder values are
+	// percent-encoded (all but letters, digits and -._~@) so one user's id
+	// cannot reach into another's namespace; a placeholder that is empty for
+	// a request (no signed-in user) refuses the request with 403. For
+	// key_base64 the prefix is added to the decoded bytes.
+	KeyPrefix string `json:"key_prefix,omitempty"`
+
+	// Cross-origin access for browser pages. Without it, no CORS headers are
+	// sent.
+	CORS *CORSConfig `json:"cors,omitempty"`
+
+	policy    *compiledPolicy
+	keyPrefix *keyPrefix
+	cors      *compiledCORS
+
 	regions       []*region
 	routes        []compiledRoute
 	defaultRegion *region
@@ -132,6 +154,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.rejectClient = h.ClientToken == clientTokenReject
 	breakerCfg := h.Breaker.withDefaults()
+	var err error
+	if h.policy, err = h.Allow.compile(); err != nil {
+		return fmt.Errorf("momento: %w", err)
+	}
+	if h.cors, err = h.CORS.compile(h.policy); err != nil {
+		return fmt.Errorf("momento: %w", err)
+	}
+	h.keyPrefix = compileKeyPrefix(h.KeyPrefix)
 
 	repl := caddy.NewReplacer()
 	byName := make(map[string]*region, len(h.Regions))
@@ -241,6 +271,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if c == nil && rf == nil {
 		return next.ServeHTTP(w, r)
 	}
+	preflight := c != nil && c.op == opOptions
+	if h.cors != nil && h.cors.serve(w, r, preflight) {
+		return nil
+	}
+	if preflight {
+		w.Header().Set("Allow", allowedCacheMethods)
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
 	if rf == nil {
 		rf = h.checkCall(c, r)
 	}
@@ -257,16 +296,32 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	return h.proxy(w, r, c, rg)
 }
 
-// checkCall applies the handler's own rules to a well-formed call.
+// checkCall applies the handler's own rules to a well-formed call, and
+// puts the key prefix in place.
 func (h *Handler) checkCall(c *call, r *http.Request) *refusal {
-	if c.hasClientToken && h.rejectClient {
+	if h.rejectClient && (c.hasTokenParam || c.hasAuthHeader && !authenticated(r)) {
 		return refuse(http.StatusBadRequest, "this gateway does not accept client credentials: remove the token parameter and the Authorization header")
+	}
+	if rf := h.policy.check(c); rf != nil {
+		return rf
 	}
 	if c.op == opSet && r.ContentLength > h.maxItemSize {
 		return refuse(http.StatusRequestEntityTooLarge,
 			fmt.Sprintf("value of %d bytes exceeds max_item_size (%d bytes)", r.ContentLength, h.maxItemSize))
 	}
-	return nil
+	return h.keyPrefix.apply(c, r)
+}
+
+// authenticated reports whether an auth handler in front (basic_auth or a
+// plugin) accepted the request: its Authorization header is then the
+// user's sign-in, not a Momento token, and is never forwarded anyway.
+func authenticated(r *http.Request) bool {
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl == nil {
+		return false
+	}
+	id, _ := repl.GetString("http.auth.user.id")
+	return id != ""
 }
 
 // writeRefusal answers the client in Momento's style: a status and a

@@ -16,6 +16,10 @@ const (
 	opGet op = iota + 1
 	opSet
 	opDelete
+	opPublish
+	opSubscribe
+	// opOptions is a CORS preflight (or a plain OPTIONS) on an API path.
+	opOptions
 )
 
 // String is the operation's name as users write it in config and see it in
@@ -28,8 +32,29 @@ func (o op) String() string {
 		return "set"
 	case opDelete:
 		return "delete"
+	case opPublish:
+		return "publish"
+	case opSubscribe:
+		return "subscribe"
+	case opOptions:
+		return "options"
 	}
 	return "unknown"
+}
+
+// method is the HTTP method that asks for the operation.
+func (o op) method() string {
+	switch o {
+	case opSet:
+		return http.MethodPut
+	case opDelete:
+		return http.MethodDelete
+	case opPublish:
+		return http.MethodPost
+	case opOptions:
+		return http.MethodOptions
+	}
+	return http.MethodGet
 }
 
 // call is a request parsed once, at the edge: everything later steps need
@@ -44,9 +69,10 @@ type call struct {
 	keyBase64 bool
 	// ttl is the validated ttl_seconds digits (set only).
 	ttl string
-	// hasClientToken is true when the client sent a token parameter or an
-	// Authorization header of its own.
-	hasClientToken bool
+	// hasTokenParam and hasAuthHeader record a credential of the client's
+	// own: a token query parameter, an Authorization header.
+	hasTokenParam bool
+	hasAuthHeader bool
 }
 
 // refusal is a request the gateway answers itself, with Momento's status
@@ -79,6 +105,9 @@ func parseCall(r *http.Request) (*call, *refusal) {
 		c.op = opSet
 	case http.MethodDelete:
 		c.op = opDelete
+	case http.MethodOptions:
+		c.op = opOptions
+		return c, nil
 	default:
 		return nil, &refusal{status: http.StatusMethodNotAllowed,
 			msg:   "method " + r.Method + " is not allowed on a cache; use GET, PUT or DELETE",
@@ -90,9 +119,7 @@ func parseCall(r *http.Request) (*call, *refusal) {
 	if rf := c.parseQuery(r.URL.RawQuery); rf != nil {
 		return nil, rf
 	}
-	if len(r.Header["Authorization"]) > 0 {
-		c.hasClientToken = true
-	}
+	c.hasAuthHeader = len(r.Header["Authorization"]) > 0
 	return c, nil
 }
 
@@ -146,7 +173,7 @@ func (c *call) parseQuery(raw string) *refusal {
 		case "ttl_seconds":
 			ttl, seen = value, &haveTTL
 		case "token":
-			c.hasClientToken = true
+			c.hasTokenParam = true
 			continue
 		default:
 			// Momento's cache API has no other parameters; unknown ones

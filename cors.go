@@ -1,0 +1,151 @@
+package momento
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// CORSConfig lets browser pages on other origins call the gateway with
+// fetch. Without it the gateway adds no CORS headers, and browsers allow
+// only same-origin pages.
+type CORSConfig struct {
+	// Origins allowed to call, exactly as browsers send them in the Origin
+	// header, e.g. "https://app.example.com" or "http://localhost:3000".
+	// "*" allows any origin (the matched origin is still echoed, never "*").
+	// A request from any other origin is refused with 403, preflight or not.
+	Origins []string `json:"origins,omitempty"`
+
+	// How long browsers may cache a preflight answer. Default: not sent
+	// (browsers use their own default, 5 seconds in Chromium).
+	MaxAge caddy.Duration `json:"max_age,omitempty"`
+
+	// Let pages send credentials (cookies, HTTP authentication) with
+	// fetch(…, {credentials: "include"}): needed when an auth handler such as
+	// basic_auth sits in front of the gateway.
+	AllowCredentials bool `json:"allow_credentials,omitempty"`
+
+	// Request headers pages may send besides Content-Type and Authorization,
+	// e.g. the header an auth plugin reads.
+	Headers []string `json:"headers,omitempty"`
+}
+
+// compiledCORS is a CORSConfig ready for the hot path.
+type compiledCORS struct {
+	origins      map[string]bool
+	any          bool
+	list         string
+	allowMethods string
+	allowHeaders string
+	maxAge       string
+	credentials  bool
+}
+
+// exposedHeaders are response headers a page may read besides the
+// CORS-safelisted ones.
+const exposedHeaders = "Retry-After"
+
+func (c *CORSConfig) compile(policy *compiledPolicy) (*compiledCORS, error) {
+	if c == nil {
+		return nil, nil
+	}
+	if len(c.Origins) == 0 {
+		return nil, fmt.Errorf("cors: list the allowed origins, e.g. origins https://app.example.com")
+	}
+	cc := &compiledCORS{origins: map[string]bool{}, credentials: c.AllowCredentials, list: strings.Join(c.Origins, " ")}
+	for _, o := range c.Origins {
+		if msg := checkOrigin(o); msg != "" {
+			return nil, fmt.Errorf("cors: %s", msg)
+		}
+		if o == "*" {
+			cc.any = true
+		}
+		cc.origins[o] = true
+	}
+	if c.MaxAge < 0 {
+		return nil, fmt.Errorf("cors: max_age %s must be positive", time.Duration(c.MaxAge))
+	}
+	if c.MaxAge > 0 {
+		cc.maxAge = strconv.FormatInt(int64(time.Duration(c.MaxAge)/time.Second), 10)
+	}
+	// Offer only the methods this handler's policy accepts.
+	var methods []string
+	add := func(m string) {
+		for _, x := range methods {
+			if x == m {
+				return
+			}
+		}
+		methods = append(methods, m)
+	}
+	for _, o := range []op{opGet, opSet, opDelete, opPublish, opSubscribe} {
+		if policy.allows(o) {
+			add(o.method())
+		}
+	}
+	cc.allowMethods = strings.Join(methods, ", ")
+	cc.allowHeaders = strings.Join(append([]string{"Content-Type", "Authorization"}, c.Headers...), ", ")
+	return cc, nil
+}
+
+// checkOrigin returns why an origin is unusable, or "".
+func checkOrigin(o string) string {
+	if o == "*" {
+		return ""
+	}
+	if !strings.HasPrefix(o, "http://") && !strings.HasPrefix(o, "https://") {
+		return fmt.Sprintf("origin %q must be scheme://host[:port], e.g. https://app.example.com, or *", o)
+	}
+	if rest := o[strings.Index(o, "://")+3:]; rest == "" || strings.ContainsAny(rest, "/?#") {
+		return fmt.Sprintf("origin %q must have no path (browsers send scheme://host[:port] only)", o)
+	}
+	return ""
+}
+
+// serve applies CORS to a request for the API. It sets the headers that
+// let an allowed page read the answer (refusals included, so a page can
+// show why), answers preflights itself, and refuses other origins. It
+// returns true when it has answered the request.
+func (cc *compiledCORS) serve(w http.ResponseWriter, r *http.Request, preflight bool) bool {
+	hdr := w.Header()
+	hdr.Add("Vary", "Origin")
+	origin := r.Header.Get("Origin")
+	if origin == "" || isSameOrigin(origin, r) {
+		return false
+	}
+	if !cc.any && !cc.origins[origin] {
+		writeRefusal(w, refuse(http.StatusForbidden, fmt.Sprintf("origin %s is not allowed (cors origins: %s)", origin, cc.list)))
+		return true
+	}
+	hdr.Set("Access-Control-Allow-Origin", origin)
+	if cc.credentials {
+		hdr.Set("Access-Control-Allow-Credentials", "true")
+	}
+	if !preflight {
+		hdr.Set("Access-Control-Expose-Headers", exposedHeaders)
+		return false
+	}
+	hdr.Add("Vary", "Access-Control-Request-Method")
+	hdr.Add("Vary", "Access-Control-Request-Headers")
+	hdr.Set("Access-Control-Allow-Methods", cc.allowMethods)
+	hdr.Set("Access-Control-Allow-Headers", cc.allowHeaders)
+	if cc.maxAge != "" {
+		hdr.Set("Access-Control-Max-Age", cc.maxAge)
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return true
+}
+
+// isSameOrigin reports whether the Origin is the gateway's own: browsers
+// send Origin on same-origin writes too, and those need no CORS.
+func isSameOrigin(origin string, r *http.Request) bool {
+	scheme := "http://"
+	if r.TLS != nil {
+		scheme = "https://"
+	}
+	return len(origin) == len(scheme)+len(r.Host) && strings.HasPrefix(origin, scheme) && origin[len(scheme):] == r.Host
+}
