@@ -119,7 +119,7 @@ type breaker struct {
 	// tripCounts are the counts that last opened the breaker, for the log:
 	// gobreaker clears its counts on every state change.
 	tripCounts atomic.Pointer[gobreaker.Counts]
-	openFor  atomic.Int64 // nanoseconds
+	openFor    atomic.Int64 // nanoseconds
 
 	logger atomic.Pointer[zap.Logger]
 }
