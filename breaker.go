@@ -214,6 +214,28 @@ func (b *breaker) allow() (done func(error), retryAfter time.Duration, ok bool) 
 	return done, 0, true
 }
 
+// admitLongPoll lets a subscribe through unless the breaker is open. Long
+// polls never hold a half-open probe slot (one could wait for minutes and
+// starve the probes); they report their outcome through record instead.
+func (b *breaker) admitLongPoll() (retryAfter time.Duration, ok bool) {
+	if b.state() == gobreaker.StateOpen {
+		return b.retryAfter(time.Now()), false
+	}
+	return 0, true
+}
+
+// record reports the outcome of a request that was admitted without a
+// slot (a long poll), the moment it is known. Excluded outcomes say
+// nothing and are not counted at all.
+func (b *breaker) record(outcome error) {
+	if errors.Is(outcome, errExcluded) {
+		return
+	}
+	if done, err := b.current().Allow(); err == nil {
+		done(outcome)
+	}
+}
+
 // retryAfter is the time left until the open breaker lets probes through;
 // while half-open (probes already in flight) it is a short, honest 1s.
 func (b *breaker) retryAfter(now time.Time) time.Duration {

@@ -65,6 +65,9 @@ func (p position) errorf(format string, args ...any) error {
 //			max_ttl <duration>
 //		}
 //		key_prefix <template>
+//		topic_prefix <template>
+//		max_message_size <size>
+//		subscribe_timeout <duration>
 //		cors {
 //			origins <origin...>
 //			max_age <duration>
@@ -201,6 +204,34 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.KeyPrefix = v
 
+		case "topic_prefix":
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			if strings.Contains(v, "/") {
+				return d.Errf("topic_prefix %q must not contain '/': topic names cannot", v)
+			}
+			h.TopicPrefix = v
+
+		case "max_message_size":
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			size, err := humanize.ParseBytes(v)
+			if err != nil || size == 0 || size > 1<<30 {
+				return d.Errf("max_message_size %q: give a positive size such as 4KiB or 4096", v)
+			}
+			h.MaxMessageSize = int64(size)
+
+		case "subscribe_timeout":
+			dur, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			h.SubscribeTimeout = dur
+
 		case "cors":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -213,7 +244,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 
 		default:
-			return d.Errf("unknown subdirective %q in momento (expected region, default_region, route, client_token, timeout, max_item_size, breaker, allow, key_prefix or cors)", d.Val())
+			return d.Errf("unknown subdirective %q in momento (expected region, default_region, route, client_token, timeout, max_item_size, breaker, allow, key_prefix, topic_prefix, max_message_size, subscribe_timeout or cors)", d.Val())
 		}
 	}
 

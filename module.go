@@ -26,8 +26,9 @@ func init() {
 
 // Handler is the `momento` HTTP handler: a gateway to Momento's HTTP API.
 //
-// Requests to `GET|PUT|DELETE /cache/{cache}?key=…` are validated, routed to
-// a region, and proxied with the region's token in the `authorization`
+// Requests to `GET|PUT|DELETE /cache/{cache}?key=…` and to
+// `POST|GET /topics/{cache}/{topic}` are validated, routed to a region by
+// cache name, and proxied with the region's token in the `authorization`
 // header. Other paths go to the next handler.
 type Handler struct {
 	// The Momento regions (or other Momento-compatible endpoints) the
@@ -77,13 +78,31 @@ type Handler struct {
 	// key_base64 the prefix is added to the decoded bytes.
 	KeyPrefix string `json:"key_prefix,omitempty"`
 
+	// Prepended to every topic name before it goes upstream, with the same
+	// placeholder rules as key_prefix: "{http.auth.user.id}-" gives each
+	// signed-in user private topics. It must not contain '/'.
+	TopicPrefix string `json:"topic_prefix,omitempty"`
+
+	// Largest message a publish may carry, in bytes. Default: 4 KiB
+	// (Momento's limit). Larger is 413 without contacting the region.
+	MaxMessageSize int64 `json:"max_message_size,omitempty"`
+
+	// How long a subscribe (long poll) may wait for messages, separately
+	// from timeout. Default: 5m. A poll that ends this way answers 200 with
+	// no items, and the client polls again; it never counts against the
+	// breaker.
+	SubscribeTimeout caddy.Duration `json:"subscribe_timeout,omitempty"`
+
 	// Cross-origin access for browser pages. Without it, no CORS headers are
 	// sent.
 	CORS *CORSConfig `json:"cors,omitempty"`
 
-	policy    *compiledPolicy
-	keyPrefix *keyPrefix
-	cors      *compiledCORS
+	policy           *compiledPolicy
+	keyPrefix        *prefixTemplate
+	topicPrefix      *prefixTemplate
+	cors             *compiledCORS
+	maxMessageSize   int64
+	subscribeTimeout time.Duration
 
 	regions       []*region
 	routes        []compiledRoute
@@ -119,8 +138,10 @@ type compiledRoute struct {
 
 // Defaults, as documented on the fields.
 const (
-	defaultTimeout     = 10 * time.Second
-	defaultMaxItemSize = 5 << 20
+	defaultTimeout          = 10 * time.Second
+	defaultMaxItemSize      = 5 << 20
+	defaultMaxMessageSize   = 4 << 10
+	defaultSubscribeTimeout = 5 * time.Minute
 )
 
 // Client token policies.
@@ -161,7 +182,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.cors, err = h.CORS.compile(h.policy); err != nil {
 		return fmt.Errorf("momento: %w", err)
 	}
-	h.keyPrefix = compileKeyPrefix(h.KeyPrefix)
+	h.keyPrefix = compilePrefix("key_prefix", h.KeyPrefix)
+	h.topicPrefix = compilePrefix("topic_prefix", h.TopicPrefix)
+	h.maxMessageSize = h.MaxMessageSize
+	if h.maxMessageSize == 0 {
+		h.maxMessageSize = defaultMaxMessageSize
+	}
+	h.subscribeTimeout = time.Duration(h.SubscribeTimeout)
+	if h.subscribeTimeout == 0 {
+		h.subscribeTimeout = defaultSubscribeTimeout
+	}
 
 	repl := caddy.NewReplacer()
 	byName := make(map[string]*region, len(h.Regions))
@@ -247,6 +277,15 @@ func (h *Handler) checkStatic() error {
 	if h.MaxItemSize < 0 {
 		return fmt.Errorf("momento: max_item_size %d must be positive", h.MaxItemSize)
 	}
+	if h.MaxMessageSize < 0 {
+		return fmt.Errorf("momento: max_message_size %d must be positive", h.MaxMessageSize)
+	}
+	if h.SubscribeTimeout < 0 {
+		return fmt.Errorf("momento: subscribe_timeout %s must be positive", time.Duration(h.SubscribeTimeout))
+	}
+	if strings.Contains(h.TopicPrefix, "/") {
+		return fmt.Errorf("momento: topic_prefix %q must not contain '/': topic names cannot", h.TopicPrefix)
+	}
 	if h.Breaker != nil {
 		if err := h.Breaker.validate(); err != nil {
 			return fmt.Errorf("momento: %w", err)
@@ -276,7 +315,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 	if preflight {
-		w.Header().Set("Allow", allowedCacheMethods)
+		allow := allowedCacheMethods
+		if c.topic != "" || strings.HasPrefix(r.URL.Path, topicsPrefix) {
+			allow = allowedTopicMethods
+		}
+		w.Header().Set("Allow", allow)
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}
@@ -305,11 +348,22 @@ func (h *Handler) checkCall(c *call, r *http.Request) *refusal {
 	if rf := h.policy.check(c); rf != nil {
 		return rf
 	}
-	if c.op == opSet && r.ContentLength > h.maxItemSize {
-		return refuse(http.StatusRequestEntityTooLarge,
-			fmt.Sprintf("value of %d bytes exceeds max_item_size (%d bytes)", r.ContentLength, h.maxItemSize))
+	switch c.op {
+	case opSet:
+		if r.ContentLength > h.maxItemSize {
+			return refuse(http.StatusRequestEntityTooLarge,
+				fmt.Sprintf("value of %d bytes exceeds max_item_size (%d bytes)", r.ContentLength, h.maxItemSize))
+		}
+	case opPublish:
+		if r.ContentLength > h.maxMessageSize {
+			return refuse(http.StatusRequestEntityTooLarge,
+				fmt.Sprintf("message of %d bytes exceeds max_message_size (%d bytes)", r.ContentLength, h.maxMessageSize))
+		}
 	}
-	return h.keyPrefix.apply(c, r)
+	if c.topic != "" {
+		return h.topicPrefix.applyTopic(c, r)
+	}
+	return h.keyPrefix.applyKey(c, r)
 }
 
 // authenticated reports whether an auth handler in front (basic_auth or a

@@ -28,6 +28,16 @@ var errTooLarge = errors.New("value exceeds max_item_size")
 // concurrent clients: a small pool would open a new connection for many
 // requests under load.
 func newTransport() *http.Transport {
+	t := newLongPollTransport()
+	t.WriteBufferSize = 32 << 10
+	t.ReadBufferSize = 32 << 10
+	return t
+}
+
+// newLongPollTransport is the pool for subscribes. A waiting subscriber
+// holds its connection for minutes doing nothing, so its buffers stay at
+// the 4 KiB default: thousands of idle subscribers must cost little.
+func newLongPollTransport() *http.Transport {
 	return &http.Transport{
 		Proxy: http.ProxyFromEnvironment,
 		DialContext: (&net.Dialer{
@@ -40,15 +50,21 @@ func newTransport() *http.Transport {
 		TLSHandshakeTimeout: 10 * time.Second,
 		// Values pass through byte for byte; never ask for gzip.
 		DisableCompression: true,
-		WriteBufferSize:    32 << 10,
-		ReadBufferSize:     32 << 10,
 	}
 }
 
 // proxy sends the call to its region through the region's breaker and
 // streams the answer back.
 func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *region) error {
-	done, wait, ok := rg.pooled.breaker.allow()
+	var done func(error)
+	var wait time.Duration
+	var ok bool
+	if c.op == opSubscribe {
+		wait, ok = rg.pooled.breaker.admitLongPoll()
+		done = rg.pooled.breaker.record
+	} else {
+		done, wait, ok = rg.pooled.breaker.allow()
+	}
 	if !ok {
 		secs := retryAfterSeconds(wait)
 		w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
@@ -60,12 +76,16 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *reg
 	outcome := errExcluded
 	defer func() { done(outcome) }()
 
-	ctx, cancel := context.WithTimeoutCause(r.Context(), h.timeout, errUpstreamTimeout)
+	timeout, transport := h.timeout, rg.pooled.transport
+	if c.op == opSubscribe {
+		timeout, transport = h.subscribeTimeout, rg.pooled.longPoll
+	}
+	ctx, cancel := context.WithTimeoutCause(r.Context(), timeout, errUpstreamTimeout)
 	defer cancel()
 
 	out := &http.Request{
 		Method:     r.Method,
-		URL:        &url.URL{Scheme: rg.scheme, Host: rg.host, Path: rg.basePath + cachePrefix + c.cache, RawQuery: c.upstreamQuery()},
+		URL:        &url.URL{Scheme: rg.scheme, Host: rg.host, Path: c.upstreamPath(rg.basePath), RawQuery: c.upstreamQuery()},
 		Proto:      "HTTP/1.1",
 		ProtoMajor: 1,
 		ProtoMinor: 1,
@@ -73,19 +93,24 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *reg
 		Host:       rg.host,
 	}
 	var body *limitedBody
-	if c.op == opSet {
+	if c.op == opSet || c.op == opPublish {
+		limit := h.maxItemSize
+		if c.op == opPublish {
+			limit = h.maxMessageSize
+			out.Header["Content-Type"] = []string{c.contentType}
+		}
 		if r.ContentLength == 0 {
 			out.Body = http.NoBody
 		} else {
-			body = &limitedBody{rc: r.Body, limit: h.maxItemSize}
+			body = &limitedBody{rc: r.Body, limit: limit}
 			out.Body = body
 			out.ContentLength = r.ContentLength // -1 streams chunked
 		}
 	}
 
-	resp, err := rg.pooled.transport.RoundTrip(out.WithContext(ctx))
+	resp, err := transport.RoundTrip(out.WithContext(ctx))
 	if err != nil {
-		outcome = h.roundTripFailed(w, r, ctx, err, body, rg)
+		outcome = h.roundTripFailed(w, r, ctx, err, c, body, rg)
 		return nil
 	}
 	defer resp.Body.Close()
@@ -120,15 +145,27 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *reg
 
 // roundTripFailed answers a request whose upstream exchange failed before
 // a response arrived, and says whether the region is to blame.
-func (h *Handler) roundTripFailed(w http.ResponseWriter, r *http.Request, ctx context.Context, err error, body *limitedBody, rg *region) error {
+func (h *Handler) roundTripFailed(w http.ResponseWriter, r *http.Request, ctx context.Context, err error, c *call, body *limitedBody, rg *region) error {
 	switch {
 	case body != nil && body.state.Load() == bodyTooLarge:
-		writeRefusal(w, refuse(http.StatusRequestEntityTooLarge, fmt.Sprintf(
-			"value exceeds max_item_size (%d bytes); nothing was stored", h.maxItemSize)))
+		if c.op == opPublish {
+			writeRefusal(w, refuse(http.StatusRequestEntityTooLarge, fmt.Sprintf(
+				"message exceeds max_message_size (%d bytes); nothing was published", h.maxMessageSize)))
+		} else {
+			writeRefusal(w, refuse(http.StatusRequestEntityTooLarge, fmt.Sprintf(
+				"value exceeds max_item_size (%d bytes); nothing was stored", h.maxItemSize)))
+		}
 		return errExcluded
 	case r.Context().Err() != nil:
 		// The client went away; nobody reads this, but the access log does.
 		w.WriteHeader(499)
+		return errExcluded
+	case errors.Is(context.Cause(ctx), errUpstreamTimeout) && c.op == opSubscribe:
+		// A long poll that saw no message within subscribe_timeout: an empty
+		// page, and the client polls again with the same cursor.
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, `{"items":[]}`)
 		return errExcluded
 	case errors.Is(context.Cause(ctx), errUpstreamTimeout):
 		if body != nil && body.state.Load() == bodyReading {

@@ -323,11 +323,13 @@ var regionPool = caddy.NewUsagePool()
 type pooledRegion struct {
 	breaker   *breaker
 	transport *http.Transport
+	longPoll  *http.Transport // subscribes
 }
 
 // Destruct closes idle upstream connections once no config uses the region.
 func (p *pooledRegion) Destruct() error {
 	p.transport.CloseIdleConnections()
+	p.longPoll.CloseIdleConnections()
 	return nil
 }
 
@@ -339,6 +341,7 @@ func (rg *region) attach(cfg BreakerConfig, logger *zap.Logger) error {
 		return &pooledRegion{
 			breaker:   newBreaker(rg.name, cfg, logger),
 			transport: newTransport(),
+			longPoll:  newLongPollTransport(),
 		}, nil
 	})
 	if err != nil {

@@ -63,12 +63,18 @@ func (o op) method() string {
 type call struct {
 	op    op
 	cache string
+	// topic is the topic name (publish, subscribe).
+	topic string
 	// key is the key as the upstream query expects it: the client's key,
 	// query-escaped, or for key_base64 the unpadded URL-safe base64 text.
 	key       string
 	keyBase64 bool
 	// ttl is the validated ttl_seconds digits (set only).
 	ttl string
+	// seqNumber and seqPage are the validated subscribe cursor, "" if absent.
+	seqNumber, seqPage string
+	// contentType is a publish's validated Content-Type, forwarded as is.
+	contentType string
 	// hasTokenParam and hasAuthHeader record a credential of the client's
 	// own: a token query parameter, an Authorization header.
 	hasTokenParam bool
@@ -85,20 +91,50 @@ type refusal struct {
 
 func refuse(status int, msg string) *refusal { return &refusal{status: status, msg: msg} }
 
-const cachePrefix = "/cache/"
+// The API's path prefixes.
+const (
+	cachePrefix  = "/cache/"
+	topicsPrefix = "/topics/"
+)
 
-// allowedCacheMethods is the Allow header on a 405 for a cache path.
-const allowedCacheMethods = "GET, PUT, DELETE"
+// Allow headers on a 405, per API.
+const (
+	allowedCacheMethods = "GET, PUT, DELETE"
+	allowedTopicMethods = "GET, POST"
+)
 
 // parseCall reads what the client asks for. It returns (nil, nil) for paths
 // that are not Momento's API, which go to the next handler.
 func parseCall(r *http.Request) (*call, *refusal) {
 	p := r.URL.Path
-	if !strings.HasPrefix(p, cachePrefix) {
+	var c *call
+	var rf *refusal
+	switch {
+	case strings.HasPrefix(p, cachePrefix):
+		c, rf = parseCachePath(r.Method, p[len(cachePrefix):])
+	case strings.HasPrefix(p, topicsPrefix):
+		c, rf = parseTopicPath(r.Method, p[len(topicsPrefix):])
+	default:
 		return nil, nil
 	}
-	c := &call{cache: p[len(cachePrefix):]}
-	switch r.Method {
+	if rf != nil || c.op == opOptions {
+		return c, rf
+	}
+	if rf := c.parseQuery(r.URL.RawQuery); rf != nil {
+		return nil, rf
+	}
+	if c.op == opPublish {
+		if rf := c.checkContentType(r.Header.Get("Content-Type")); rf != nil {
+			return nil, rf
+		}
+	}
+	c.hasAuthHeader = len(r.Header["Authorization"]) > 0
+	return c, nil
+}
+
+func parseCachePath(method, cache string) (*call, *refusal) {
+	c := &call{cache: cache}
+	switch method {
 	case http.MethodGet:
 		c.op = opGet
 	case http.MethodPut:
@@ -110,43 +146,80 @@ func parseCall(r *http.Request) (*call, *refusal) {
 		return c, nil
 	default:
 		return nil, &refusal{status: http.StatusMethodNotAllowed,
-			msg:   "method " + r.Method + " is not allowed on a cache; use GET, PUT or DELETE",
+			msg:   "method " + method + " is not allowed on a cache; use GET, PUT or DELETE",
 			allow: allowedCacheMethods}
 	}
-	if msg := checkCacheName(c.cache); msg != "" {
+	if msg := checkName("cache", cache); msg != "" {
 		return nil, refuse(http.StatusBadRequest, msg)
 	}
-	if rf := c.parseQuery(r.URL.RawQuery); rf != nil {
-		return nil, rf
-	}
-	c.hasAuthHeader = len(r.Header["Authorization"]) > 0
 	return c, nil
 }
 
-// checkCacheName returns why a cache name is refused, or "".
-func checkCacheName(name string) string {
+func parseTopicPath(method, rest string) (*call, *refusal) {
+	cache, topic, _ := strings.Cut(rest, "/")
+	c := &call{cache: cache, topic: topic}
+	switch method {
+	case http.MethodPost:
+		c.op = opPublish
+	case http.MethodGet:
+		c.op = opSubscribe
+	case http.MethodOptions:
+		c.op = opOptions
+		return c, nil
+	default:
+		return nil, &refusal{status: http.StatusMethodNotAllowed,
+			msg:   "method " + method + " is not allowed on a topic; use POST to publish or GET to subscribe",
+			allow: allowedTopicMethods}
+	}
+	if msg := checkName("cache", cache); msg != "" {
+		return nil, refuse(http.StatusBadRequest, msg)
+	}
+	if topic == "" {
+		return nil, refuse(http.StatusBadRequest, "topic name is missing: use /topics/{cacheName}/{topicName}")
+	}
+	if msg := checkName("topic", topic); msg != "" {
+		return nil, refuse(http.StatusBadRequest, msg)
+	}
+	return c, nil
+}
+
+// checkName returns why a cache or topic name is refused, or "".
+func checkName(what, name string) string {
 	if name == "" {
-		return "cache name is missing: use /cache/{cacheName}"
+		return what + " name is missing: use /cache/{cacheName} or /topics/{cacheName}/{topicName}"
 	}
 	if strings.Contains(name, "..") {
-		return "cache name must not contain '..'"
+		return what + " name must not contain '..'"
 	}
 	for i := 0; i < len(name); i++ {
 		switch b := name[i]; {
 		case b == '/':
-			return "cache name must not contain '/'"
+			return what + " name must not contain '/'"
 		case b < 0x20 || b == 0x7f:
-			return "cache name must not contain control characters"
+			return what + " name must not contain control characters"
 		}
 	}
 	return ""
 }
 
+// checkContentType accepts what Momento accepts for a publish.
+func (c *call) checkContentType(ct string) *refusal {
+	mt, _, _ := strings.Cut(ct, ";")
+	switch strings.ToLower(strings.TrimSpace(mt)) {
+	case "text/plain", "application/octet-stream":
+		c.contentType = ct
+		return nil
+	case "":
+		return refuse(http.StatusBadRequest, "publish needs a Content-Type: text/plain (UTF-8) or application/octet-stream")
+	}
+	return refuse(http.StatusBadRequest, "Content-Type "+strconv.Quote(mt)+" cannot be published: use text/plain (UTF-8) or application/octet-stream")
+}
+
 // parseQuery scans the query once, without building a url.Values map:
 // this runs on every request.
 func (c *call) parseQuery(raw string) *refusal {
-	var key, keyB64, ttl string
-	var haveKey, haveKeyB64, haveTTL bool
+	var key, keyB64, ttl, seqNum, seqPage string
+	var haveKey, haveKeyB64, haveTTL, haveSeqNum, haveSeqPage bool
 	for raw != "" {
 		var pair string
 		pair, raw, _ = strings.Cut(raw, "&")
@@ -172,18 +245,41 @@ func (c *call) parseQuery(raw string) *refusal {
 			keyB64, seen = value, &haveKeyB64
 		case "ttl_seconds":
 			ttl, seen = value, &haveTTL
+		case "sequence_number":
+			seqNum, seen = value, &haveSeqNum
+		case "sequence_page":
+			seqPage, seen = value, &haveSeqPage
 		case "token":
 			c.hasTokenParam = true
 			continue
 		default:
-			// Momento's cache API has no other parameters; unknown ones
-			// are not forwarded.
+			// Momento's API has no other parameters; unknown ones are not
+			// forwarded.
 			continue
 		}
 		if *seen {
 			return refuse(http.StatusBadRequest, "query parameter "+name+" is given more than once")
 		}
 		*seen = true
+	}
+
+	switch c.op {
+	case opPublish:
+		return nil
+	case opSubscribe:
+		if haveSeqNum {
+			if !isUint(seqNum) {
+				return refuse(http.StatusBadRequest, "sequence_number must be a whole number (0 at first, then the last received + 1)")
+			}
+			c.seqNumber = seqNum
+		}
+		if haveSeqPage {
+			if !isUint(seqPage) {
+				return refuse(http.StatusBadRequest, "sequence_page must be a whole number (0 at first, then the value received)")
+			}
+			c.seqPage = seqPage
+		}
+		return nil
 	}
 
 	switch {
@@ -229,9 +325,39 @@ func (c *call) parseQuery(raw string) *refusal {
 	return nil
 }
 
+// isUint reports whether s is a whole number that fits in 64 bits.
+func isUint(s string) bool {
+	_, err := strconv.ParseUint(s, 10, 64)
+	return err == nil
+}
+
+// upstreamPath is the path on the region's endpoint.
+func (c *call) upstreamPath(basePath string) string {
+	if c.topic != "" {
+		return basePath + topicsPrefix + c.cache + "/" + c.topic
+	}
+	return basePath + cachePrefix + c.cache
+}
+
 // upstreamQuery is the query sent to Momento: only what Momento needs,
 // never a client's token.
 func (c *call) upstreamQuery() string {
+	switch c.op {
+	case opPublish:
+		return ""
+	case opSubscribe:
+		q := ""
+		if c.seqNumber != "" {
+			q = "sequence_number=" + c.seqNumber
+		}
+		if c.seqPage != "" {
+			if q != "" {
+				q += "&"
+			}
+			q += "sequence_page=" + c.seqPage
+		}
+		return q
+	}
 	var q string
 	if c.keyBase64 {
 		q = "key_base64=" + c.key
