@@ -149,18 +149,37 @@ func (b *breaker) configure(cfg BreakerConfig) {
 		return
 	}
 	b.settings = cfg
-	b.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+	b.cb = b.newCircuitBreaker()
+	if old != nil && old.State() != gobreaker.StateClosed {
+		b.trip()
+	}
+}
+
+// newCircuitBreaker builds a closed gobreaker with the current settings.
+// Callers hold b.mu.
+func (b *breaker) newCircuitBreaker() *gobreaker.TwoStepCircuitBreaker[struct{}] {
+	return gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:          b.region,
-		MaxRequests:   cfg.HalfOpenRequests,
-		Interval:      time.Duration(cfg.Window),
-		Timeout:       time.Duration(cfg.OpenFor),
+		MaxRequests:   b.settings.HalfOpenRequests,
+		Interval:      time.Duration(b.settings.Window),
+		Timeout:       time.Duration(b.settings.OpenFor),
 		ReadyToTrip:   b.readyToTrip,
 		OnStateChange: b.onStateChange,
 		IsExcluded:    func(err error) bool { return errors.Is(err, errExcluded) },
 	})
-	if old != nil && old.State() != gobreaker.StateClosed {
-		b.trip()
+}
+
+// reset closes the breaker by hand (the admin API's reset), with fresh
+// counts. It reports the state it left.
+func (b *breaker) reset() gobreaker.State {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	from := b.cb.State()
+	b.cb = b.newCircuitBreaker()
+	if from != gobreaker.StateClosed {
+		b.onStateChange(b.region, from, gobreaker.StateClosed)
 	}
+	return from
 }
 
 // trip opens the breaker now, through gobreaker's own path: one forced
@@ -194,6 +213,7 @@ func (b *breaker) onStateChange(name string, from, to gobreaker.State) {
 				zap.Uint32("consecutive_failures", c.ConsecutiveFailures))
 		}
 	}
+	metrics.transitions.WithLabelValues(name, to.String()).Inc()
 	b.logger.Load().Warn("circuit breaker state changed", fields...)
 }
 
@@ -209,6 +229,7 @@ func (b *breaker) current() *gobreaker.TwoStepCircuitBreaker[struct{}] {
 func (b *breaker) allow() (done func(error), retryAfter time.Duration, ok bool) {
 	done, err := b.current().Allow()
 	if err != nil {
+		metrics.rejections.WithLabelValues(b.region).Inc()
 		return nil, b.retryAfter(time.Now()), false
 	}
 	return done, 0, true
@@ -219,6 +240,7 @@ func (b *breaker) allow() (done func(error), retryAfter time.Duration, ok bool) 
 // starve the probes); they report their outcome through record instead.
 func (b *breaker) admitLongPoll() (retryAfter time.Duration, ok bool) {
 	if b.state() == gobreaker.StateOpen {
+		metrics.rejections.WithLabelValues(b.region).Inc()
 		return b.retryAfter(time.Now()), false
 	}
 	return 0, true

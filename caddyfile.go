@@ -68,6 +68,7 @@ func (p position) errorf(format string, args ...any) error {
 //		topic_prefix <template>
 //		max_message_size <size>
 //		subscribe_timeout <duration>
+//		region_header <name>
 //		cors {
 //			origins <origin...>
 //			max_age <duration>
@@ -225,6 +226,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.MaxMessageSize = int64(size)
 
+		case "region_header":
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			h.RegionHeader = v
+
 		case "subscribe_timeout":
 			dur, err := durationArg(d)
 			if err != nil {
@@ -244,7 +252,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 
 		default:
-			return d.Errf("unknown subdirective %q in momento (expected region, default_region, route, client_token, timeout, max_item_size, breaker, allow, key_prefix, topic_prefix, max_message_size, subscribe_timeout or cors)", d.Val())
+			return d.Errf("unknown subdirective %q in momento (expected region, default_region, route, client_token, timeout, max_item_size, breaker, allow, key_prefix, topic_prefix, max_message_size, subscribe_timeout, region_header or cors)", d.Val())
 		}
 	}
 

@@ -36,20 +36,20 @@ type CORSConfig struct {
 
 // compiledCORS is a CORSConfig ready for the hot path.
 type compiledCORS struct {
-	origins      map[string]bool
-	any          bool
-	list         string
-	allowMethods string
-	allowHeaders string
-	maxAge       string
-	credentials  bool
+	origins       map[string]bool
+	any           bool
+	list          string
+	allowMethods  string
+	allowHeaders  string
+	exposeHeaders string
+	maxAge        string
+	credentials   bool
 }
 
-// exposedHeaders are response headers a page may read besides the
-// CORS-safelisted ones.
-const exposedHeaders = "Retry-After"
-
-func (c *CORSConfig) compile(policy *compiledPolicy) (*compiledCORS, error) {
+// compile prepares the CORS answers. Pages may read Retry-After (on 503s)
+// and the region header, when one is configured, besides the
+// CORS-safelisted response headers.
+func (c *CORSConfig) compile(policy *compiledPolicy, regionHeader string) (*compiledCORS, error) {
 	if c == nil {
 		return nil, nil
 	}
@@ -89,6 +89,10 @@ func (c *CORSConfig) compile(policy *compiledPolicy) (*compiledCORS, error) {
 	}
 	cc.allowMethods = strings.Join(methods, ", ")
 	cc.allowHeaders = strings.Join(append([]string{"Content-Type", "Authorization"}, c.Headers...), ", ")
+	cc.exposeHeaders = "Retry-After"
+	if regionHeader != "" {
+		cc.exposeHeaders += ", " + regionHeader
+	}
 	return cc, nil
 }
 
@@ -109,25 +113,24 @@ func checkOrigin(o string) string {
 // serve applies CORS to a request for the API. It sets the headers that
 // let an allowed page read the answer (refusals included, so a page can
 // show why), answers preflights itself, and refuses other origins. It
-// returns true when it has answered the request.
-func (cc *compiledCORS) serve(w http.ResponseWriter, r *http.Request, preflight bool) bool {
+// returns the status it answered with, or 0 when the request goes on.
+func (cc *compiledCORS) serve(w http.ResponseWriter, r *http.Request, preflight bool) int {
 	hdr := w.Header()
 	hdr.Add("Vary", "Origin")
 	origin := r.Header.Get("Origin")
 	if origin == "" || isSameOrigin(origin, r) {
-		return false
+		return 0
 	}
 	if !cc.any && !cc.origins[origin] {
-		writeRefusal(w, refuse(http.StatusForbidden, fmt.Sprintf("origin %s is not allowed (cors origins: %s)", origin, cc.list)))
-		return true
+		return writeRefusal(w, refuse(http.StatusForbidden, fmt.Sprintf("origin %s is not allowed (cors origins: %s)", origin, cc.list)))
 	}
 	hdr.Set("Access-Control-Allow-Origin", origin)
 	if cc.credentials {
 		hdr.Set("Access-Control-Allow-Credentials", "true")
 	}
 	if !preflight {
-		hdr.Set("Access-Control-Expose-Headers", exposedHeaders)
-		return false
+		hdr.Set("Access-Control-Expose-Headers", cc.exposeHeaders)
+		return 0
 	}
 	hdr.Add("Vary", "Access-Control-Request-Method")
 	hdr.Add("Vary", "Access-Control-Request-Headers")
@@ -137,7 +140,7 @@ func (cc *compiledCORS) serve(w http.ResponseWriter, r *http.Request, preflight 
 		hdr.Set("Access-Control-Max-Age", cc.maxAge)
 	}
 	w.WriteHeader(http.StatusNoContent)
-	return true
+	return http.StatusNoContent
 }
 
 // isSameOrigin reports whether the Origin is the gateway's own: browsers

@@ -97,6 +97,10 @@ type Handler struct {
 	// sent.
 	CORS *CORSConfig `json:"cors,omitempty"`
 
+	// When set, every answer from a region carries this response header
+	// naming the region that served it, e.g. "Momento-Region".
+	RegionHeader string `json:"region_header,omitempty"`
+
 	policy           *compiledPolicy
 	keyPrefix        *prefixTemplate
 	topicPrefix      *prefixTemplate
@@ -165,6 +169,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.checkStatic(); err != nil {
 		return err
 	}
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("momento: registering metrics: %w", err)
+	}
 	h.timeout = time.Duration(h.Timeout)
 	if h.timeout == 0 {
 		h.timeout = defaultTimeout
@@ -179,7 +186,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.policy, err = h.Allow.compile(); err != nil {
 		return fmt.Errorf("momento: %w", err)
 	}
-	if h.cors, err = h.CORS.compile(h.policy); err != nil {
+	if h.cors, err = h.CORS.compile(h.policy, h.RegionHeader); err != nil {
 		return fmt.Errorf("momento: %w", err)
 	}
 	h.keyPrefix = compilePrefix("key_prefix", h.KeyPrefix)
@@ -310,33 +317,48 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if c == nil && rf == nil {
 		return next.ServeHTTP(w, r)
 	}
+	status, region, opName := 0, noRegion, "invalid"
+	if c != nil {
+		opName = c.op.String()
+		c.setPlaceholders(r)
+	}
+	defer func() { metrics.requests.WithLabelValues(region, opName, codeLabel(status)).Inc() }()
+
 	preflight := c != nil && c.op == opOptions
-	if h.cors != nil && h.cors.serve(w, r, preflight) {
-		return nil
+	if h.cors != nil {
+		if status = h.cors.serve(w, r, preflight); status != 0 {
+			return nil
+		}
 	}
 	if preflight {
 		allow := allowedCacheMethods
-		if c.topic != "" || strings.HasPrefix(r.URL.Path, topicsPrefix) {
+		if strings.HasPrefix(r.URL.Path, topicsPrefix) {
 			allow = allowedTopicMethods
 		}
 		w.Header().Set("Allow", allow)
 		w.WriteHeader(http.StatusNoContent)
+		status = http.StatusNoContent
 		return nil
 	}
 	if rf == nil {
 		rf = h.checkCall(c, r)
 	}
 	if rf != nil {
-		writeRefusal(w, rf)
+		status = writeRefusal(w, rf)
 		return nil
 	}
 	rg := h.regionFor(c.cache)
 	if rg == nil {
 		// Momento's own answer for a cache it does not have.
-		writeRefusal(w, refuse(http.StatusNotFound, "Cache Not Found"))
+		status = writeRefusal(w, refuse(http.StatusNotFound, "Cache Not Found"))
 		return nil
 	}
-	return h.proxy(w, r, c, rg)
+	c.region, region = rg, rg.name
+	if h.RegionHeader != "" {
+		w.Header().Set(h.RegionHeader, rg.name)
+	}
+	status = h.proxy(w, r, c, rg)
+	return nil
 }
 
 // checkCall applies the handler's own rules to a well-formed call, and
@@ -382,7 +404,7 @@ func authenticated(r *http.Request) bool {
 // plain-text body. It writes the response itself rather than returning a
 // caddyhttp.Error, because Caddy without handle_errors sends errors with an
 // empty body, and API clients need the message.
-func writeRefusal(w http.ResponseWriter, rf *refusal) {
+func writeRefusal(w http.ResponseWriter, rf *refusal) int {
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/plain; charset=utf-8")
 	hdr.Set("X-Content-Type-Options", "nosniff")
@@ -391,6 +413,7 @@ func writeRefusal(w http.ResponseWriter, rf *refusal) {
 	}
 	w.WriteHeader(rf.status)
 	_, _ = w.Write([]byte(rf.msg))
+	return rf.status
 }
 
 // Interface guards

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // errUpstreamTimeout is the cause of the upstream context when the
@@ -54,8 +55,8 @@ func newLongPollTransport() *http.Transport {
 }
 
 // proxy sends the call to its region through the region's breaker and
-// streams the answer back.
-func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *region) error {
+// streams the answer back. It returns the status the client got.
+func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *region) (status int) {
 	var done func(error)
 	var wait time.Duration
 	var ok bool
@@ -66,15 +67,24 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *reg
 		done, wait, ok = rg.pooled.breaker.allow()
 	}
 	if !ok {
+		c.breakerState = "open"
 		secs := retryAfterSeconds(wait)
 		w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
-		writeRefusal(w, refuse(http.StatusServiceUnavailable, fmt.Sprintf(
+		return writeRefusal(w, refuse(http.StatusServiceUnavailable, fmt.Sprintf(
 			"region %s is unavailable: its circuit breaker is open after repeated failures; retry in %d s", rg.name, secs)))
-		return nil
 	}
 	// Until the exchange says otherwise, it says nothing about the region.
 	outcome := errExcluded
-	defer func() { done(outcome) }()
+	start := time.Now()
+	defer func() {
+		done(outcome)
+		elapsed := time.Since(start)
+		metrics.duration.WithLabelValues(rg.name, c.op.String()).Observe(elapsed.Seconds())
+		if ce := h.logger.Check(zapcore.DebugLevel, "proxied"); ce != nil {
+			ce.Write(zap.String("region", rg.name), zap.String("op", c.op.String()), zap.String("cache", c.cache),
+				zap.Int("status", status), zap.Duration("duration", elapsed))
+		}
+	}()
 
 	timeout, transport := h.timeout, rg.pooled.transport
 	if c.op == opSubscribe {
@@ -110,8 +120,8 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *reg
 
 	resp, err := transport.RoundTrip(out.WithContext(ctx))
 	if err != nil {
-		outcome = h.roundTripFailed(w, r, ctx, err, c, body, rg)
-		return nil
+		status, outcome = h.roundTripFailed(w, r, ctx, err, c, body, rg)
+		return status
 	}
 	defer resp.Body.Close()
 
@@ -122,6 +132,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *reg
 		}
 	}
 	w.WriteHeader(resp.StatusCode)
+	status = resp.StatusCode
 	if resp.StatusCode >= 500 {
 		outcome = errUpstreamFailure
 	} else {
@@ -140,51 +151,46 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *reg
 	case writeErr != nil:
 		outcome = errExcluded // the client went away
 	}
-	return nil
+	return status
 }
 
 // roundTripFailed answers a request whose upstream exchange failed before
-// a response arrived, and says whether the region is to blame.
-func (h *Handler) roundTripFailed(w http.ResponseWriter, r *http.Request, ctx context.Context, err error, c *call, body *limitedBody, rg *region) error {
+// a response arrived. It returns the status sent and whether the region is
+// to blame.
+func (h *Handler) roundTripFailed(w http.ResponseWriter, r *http.Request, ctx context.Context, err error, c *call, body *limitedBody, rg *region) (int, error) {
 	switch {
 	case body != nil && body.state.Load() == bodyTooLarge:
 		if c.op == opPublish {
-			writeRefusal(w, refuse(http.StatusRequestEntityTooLarge, fmt.Sprintf(
-				"message exceeds max_message_size (%d bytes); nothing was published", h.maxMessageSize)))
-		} else {
-			writeRefusal(w, refuse(http.StatusRequestEntityTooLarge, fmt.Sprintf(
-				"value exceeds max_item_size (%d bytes); nothing was stored", h.maxItemSize)))
+			return writeRefusal(w, refuse(http.StatusRequestEntityTooLarge, fmt.Sprintf(
+				"message exceeds max_message_size (%d bytes); nothing was published", h.maxMessageSize))), errExcluded
 		}
-		return errExcluded
+		return writeRefusal(w, refuse(http.StatusRequestEntityTooLarge, fmt.Sprintf(
+			"value exceeds max_item_size (%d bytes); nothing was stored", h.maxItemSize))), errExcluded
 	case r.Context().Err() != nil:
 		// The client went away; nobody reads this, but the access log does.
 		w.WriteHeader(499)
-		return errExcluded
+		return 499, errExcluded
 	case errors.Is(context.Cause(ctx), errUpstreamTimeout) && c.op == opSubscribe:
 		// A long poll that saw no message within subscribe_timeout: an empty
 		// page, and the client polls again with the same cursor.
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusOK)
 		_, _ = io.WriteString(w, `{"items":[]}`)
-		return errExcluded
+		return http.StatusOK, errExcluded
 	case errors.Is(context.Cause(ctx), errUpstreamTimeout):
 		if body != nil && body.state.Load() == bodyReading {
-			writeRefusal(w, refuse(http.StatusRequestTimeout, fmt.Sprintf(
-				"the value did not arrive within %s; nothing was stored", h.timeout)))
-			return errExcluded
+			return writeRefusal(w, refuse(http.StatusRequestTimeout, fmt.Sprintf(
+				"the value did not arrive within %s; nothing was stored", h.timeout))), errExcluded
 		}
-		writeRefusal(w, refuse(http.StatusGatewayTimeout, fmt.Sprintf(
-			"region %s did not answer within %s", rg.name, h.timeout)))
-		return errUpstreamFailure
+		return writeRefusal(w, refuse(http.StatusGatewayTimeout, fmt.Sprintf(
+			"region %s did not answer within %s", rg.name, h.timeout))), errUpstreamFailure
 	case body != nil && body.state.Load() == bodyFailed:
-		writeRefusal(w, refuse(http.StatusBadRequest, "reading the request body failed; nothing was stored"))
-		return errExcluded
+		return writeRefusal(w, refuse(http.StatusBadRequest, "reading the request body failed; nothing was stored")), errExcluded
 	}
 	err = unwrapURLError(err)
 	h.logger.Warn("region unreachable", zap.String("region", rg.name), zap.String("endpoint", rg.endpoint), zap.Error(err))
-	writeRefusal(w, refuse(http.StatusBadGateway, fmt.Sprintf(
-		"region %s could not be reached (%s)", rg.name, describeNetError(err))))
-	return errUpstreamFailure
+	return writeRefusal(w, refuse(http.StatusBadGateway, fmt.Sprintf(
+		"region %s could not be reached (%s)", rg.name, describeNetError(err)))), errUpstreamFailure
 }
 
 // unwrapURLError drops the *url.Error wrapper, whose message repeats the

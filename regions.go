@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -321,10 +322,26 @@ var regionPool = caddy.NewUsagePool()
 
 // pooledRegion is the state of a region that outlives one config.
 type pooledRegion struct {
+	name      string
+	endpoint  string
 	breaker   *breaker
 	transport *http.Transport
 	longPoll  *http.Transport // subscribes
+
+	// facts is what the admin API shows of the token the latest config
+	// gave this region (a reload may change the token, not the endpoint).
+	facts atomic.Pointer[regionFacts]
+	// attached orders the pooled regions of one name across overlapping
+	// configs: the latest attach is the one in force.
+	attached atomic.Uint64
 }
+
+type regionFacts struct {
+	tokenKind        TokenKind
+	tokenFingerprint string
+}
+
+var attachSeq atomic.Uint64
 
 // Destruct closes idle upstream connections once no config uses the region.
 func (p *pooledRegion) Destruct() error {
@@ -339,6 +356,8 @@ func (rg *region) attach(cfg BreakerConfig, logger *zap.Logger) error {
 	rg.poolKey = rg.name + " " + rg.endpoint
 	val, loaded, err := regionPool.LoadOrNew(rg.poolKey, func() (caddy.Destructor, error) {
 		return &pooledRegion{
+			name:      rg.name,
+			endpoint:  rg.endpoint,
 			breaker:   newBreaker(rg.name, cfg, logger),
 			transport: newTransport(),
 			longPoll:  newLongPollTransport(),
@@ -352,6 +371,8 @@ func (rg *region) attach(cfg BreakerConfig, logger *zap.Logger) error {
 		rg.pooled.breaker.logger.Store(logger)
 		rg.pooled.breaker.configure(cfg)
 	}
+	rg.pooled.facts.Store(&regionFacts{tokenKind: rg.token.Kind(), tokenFingerprint: rg.token.Fingerprint()})
+	rg.pooled.attached.Store(attachSeq.Add(1))
 	return nil
 }
 
@@ -361,4 +382,24 @@ func (rg *region) detach() {
 	if rg.pooled != nil {
 		_, _ = regionPool.Delete(rg.poolKey)
 	}
+}
+
+// pooledRegions returns the regions in force, one per name (the latest
+// attached when overlapping configs name it with different endpoints),
+// sorted by name.
+func pooledRegions() []*pooledRegion {
+	latest := map[string]*pooledRegion{}
+	regionPool.Range(func(_, v any) bool {
+		p := v.(*pooledRegion)
+		if cur, ok := latest[p.name]; !ok || p.attached.Load() > cur.attached.Load() {
+			latest[p.name] = p
+		}
+		return true
+	})
+	out := make([]*pooledRegion, 0, len(latest))
+	for _, p := range latest {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out
 }

@@ -7,6 +7,8 @@ import (
 	"path"
 	"strconv"
 	"strings"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 // op is what a request asks Momento to do.
@@ -79,6 +81,42 @@ type call struct {
 	// own: a token query parameter, an Authorization header.
 	hasTokenParam bool
 	hasAuthHeader bool
+
+	// region and breakerState are decided later, and read by placeholders.
+	region       *region
+	breakerState string
+}
+
+// setPlaceholders makes the call visible to the rest of Caddy (logs,
+// headers, other handlers) as {http.momento.region}, {http.momento.cache},
+// {http.momento.op} and {http.momento.breaker} (the region's breaker
+// state: "open" when it refused the request, else its state when asked).
+// The values are looked up when used, so they reflect what the gateway
+// decided, and cost nothing when no placeholder asks for them.
+func (c *call) setPlaceholders(r *http.Request) {
+	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if !ok {
+		return
+	}
+	repl.Map(func(key string) (any, bool) {
+		switch key {
+		case "http.momento.region":
+			if c.region != nil {
+				return c.region.name, true
+			}
+			return "", true
+		case "http.momento.cache":
+			return c.cache, true
+		case "http.momento.op":
+			return c.op.String(), true
+		case "http.momento.breaker":
+			if c.breakerState == "" && c.region != nil {
+				return c.region.pooled.breaker.state().String(), true
+			}
+			return c.breakerState, true
+		}
+		return nil, false
+	})
 }
 
 // refusal is a request the gateway answers itself, with Momento's status

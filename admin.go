@@ -1,0 +1,133 @@
+package momento
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/sony/gobreaker/v2"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(AdminAPI{})
+}
+
+// AdminAPI is the admin API module `admin.api.momento`. On Caddy's admin
+// endpoint it serves:
+//
+//	GET  /momento/regions              every region's endpoint, breaker state and counts
+//	POST /momento/regions/<name>/reset close a region's breaker by hand
+//
+// It reads the same pooled region state the handlers use, so what it shows
+// survives config reloads exactly as the breakers do. Tokens are shown as
+// their kind and fingerprint only.
+type AdminAPI struct{}
+
+// CaddyModule returns the Caddy module information.
+func (AdminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.momento",
+		New: func() caddy.Module { return new(AdminAPI) },
+	}
+}
+
+// Routes returns the admin routes.
+func (AdminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{
+		{Pattern: "/momento/regions", Handler: caddy.AdminHandlerFunc(listRegions)},
+		{Pattern: "/momento/regions/", Handler: caddy.AdminHandlerFunc(regionAction)},
+	}
+}
+
+// RegionStatus is one region as GET /momento/regions shows it.
+type RegionStatus struct {
+	// The region's configured name.
+	Name string `json:"name"`
+	// The HTTP endpoint requests go to.
+	Endpoint string `json:"endpoint"`
+	// Breaker state: closed, half-open or open.
+	State string `json:"state"`
+	// Counts in the breaker's current window (closed) or state.
+	Counts BreakerCounts `json:"counts"`
+	// Whole seconds until an open breaker lets probes through.
+	RetryAfterSeconds int64 `json:"retry_after_seconds,omitempty"`
+	// The token's format: v1, legacy, v2 or opaque.
+	TokenKind TokenKind `json:"token_kind"`
+	// First 8 hex digits of the token's SHA-256: tells tokens apart without
+	// revealing them.
+	TokenFingerprint string `json:"token_fingerprint"`
+}
+
+// BreakerCounts are a breaker's counts.
+type BreakerCounts struct {
+	// Requests let through.
+	Requests uint32 `json:"requests"`
+	// Of those, successes and failures (requests that count as neither,
+	// such as abandoned ones, are in neither).
+	Successes uint32 `json:"successes"`
+	Failures  uint32 `json:"failures"`
+	// Failures in a row, as the failures setting counts them.
+	ConsecutiveFailures uint32 `json:"consecutive_failures"`
+}
+
+func statusOf(p *pooledRegion) RegionStatus {
+	st := p.breaker.state()
+	c := p.breaker.counts()
+	rs := RegionStatus{
+		Name:     p.name,
+		Endpoint: p.endpoint,
+		State:    st.String(),
+		Counts: BreakerCounts{Requests: c.Requests, Successes: c.TotalSuccesses,
+			Failures: c.TotalFailures, ConsecutiveFailures: c.ConsecutiveFailures},
+	}
+	if st == gobreaker.StateOpen {
+		rs.RetryAfterSeconds = retryAfterSeconds(p.breaker.retryAfter(time.Now()))
+	}
+	if f := p.facts.Load(); f != nil {
+		rs.TokenKind, rs.TokenFingerprint = f.tokenKind, f.tokenFingerprint
+	}
+	return rs
+}
+
+func listRegions(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("use GET")}
+	}
+	out := []RegionStatus{}
+	for _, p := range pooledRegions() {
+		out = append(out, statusOf(p))
+	}
+	return writeJSON(w, out)
+}
+
+// regionAction serves POST /momento/regions/<name>/reset.
+func regionAction(w http.ResponseWriter, r *http.Request) error {
+	name, action, ok := strings.Cut(strings.TrimPrefix(r.URL.Path, "/momento/regions/"), "/")
+	if !ok || action != "reset" || name == "" {
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("unknown path: use POST /momento/regions/<name>/reset")}
+	}
+	if r.Method != http.MethodPost {
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("use POST to reset a breaker")}
+	}
+	for _, p := range pooledRegions() {
+		if p.name == name {
+			from := p.breaker.reset()
+			p.breaker.logger.Load().Info("circuit breaker reset through the admin API",
+				zap.String("region", name), zap.String("was", from.String()))
+			return writeJSON(w, statusOf(p))
+		}
+	}
+	return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("region %q is not configured", name)}
+}
+
+func writeJSON(w http.ResponseWriter, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(v)
+}
+
+// Interface guard
+var _ caddy.AdminRouter = (*AdminAPI)(nil)

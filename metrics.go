@@ -1,0 +1,109 @@
+package momento
+
+import (
+	"errors"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sony/gobreaker/v2"
+)
+
+// The gateway's Prometheus metrics. They are created once, for the life of
+// the process, and registered into each config's registry on Provision:
+// Caddy makes a fresh registry per config, and collectors created anew
+// would lose their counts on every reload.
+//
+// Label values come only from configuration (region names) and fixed sets
+// (operations, status codes, breaker states), never from cache names or
+// keys a client sends, so cardinality stays bounded.
+var metrics = struct {
+	requests    *prometheus.CounterVec
+	duration    *prometheus.HistogramVec
+	rejections  *prometheus.CounterVec
+	transitions *prometheus.CounterVec
+}{
+	requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "momento", Name: "requests_total",
+		Help: "Requests to the Momento API by region, operation and the HTTP status the client got. Region is \"none\" for requests refused before routing.",
+	}, []string{"region", "op", "code"}),
+	duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "caddy", Subsystem: "momento", Name: "upstream_duration_seconds",
+		Help:    "Time from sending a request to a region until its answer was streamed to the client.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+	}, []string{"region", "op"}),
+	rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "momento", Name: "breaker_rejections_total",
+		Help: "Requests answered 503 because the region's breaker was open (or half-open with its probes in flight).",
+	}, []string{"region"}),
+	transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "momento", Name: "breaker_transitions_total",
+		Help: "Circuit breaker state changes per region, by the state entered.",
+	}, []string{"region", "to"}),
+}
+
+// registerMetrics adds the collectors to a config's registry, tolerating
+// the ones already there.
+func registerMetrics(reg prometheus.Registerer) error {
+	if reg == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{metrics.requests, metrics.duration, breakerStateCollector, metrics.rejections, metrics.transitions} {
+		if err := reg.Register(c); err != nil {
+			var already prometheus.AlreadyRegisteredError
+			if !errors.As(err, &already) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// statusCodes holds label values for the status codes, so the hot path
+// does not format numbers.
+var statusCodes = func() (m [600]string) {
+	for i := range m {
+		m[i] = strconv.Itoa(i)
+	}
+	return
+}()
+
+func codeLabel(status int) string {
+	if status >= 0 && status < len(statusCodes) {
+		return statusCodes[status]
+	}
+	return "other"
+}
+
+// noRegion labels requests refused before a region was chosen.
+const noRegion = "none"
+
+// stateValue maps breaker states to the gauge's documented values.
+func stateValue(s gobreaker.State) float64 {
+	switch s {
+	case gobreaker.StateHalfOpen:
+		return 1
+	case gobreaker.StateOpen:
+		return 2
+	}
+	return 0
+}
+
+// breakerStates reports each region's breaker state when scraped. A gauge
+// set on transitions would go stale: gobreaker moves from open to
+// half-open lazily, on the next request.
+type breakerStates struct{ desc *prometheus.Desc }
+
+var breakerStateCollector = breakerStates{desc: prometheus.NewDesc(
+	"caddy_momento_breaker_state",
+	"Circuit breaker state per region: 0 closed, 1 half-open, 2 open.",
+	[]string{"region"}, nil)}
+
+// Describe implements prometheus.Collector.
+func (c breakerStates) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect implements prometheus.Collector.
+func (c breakerStates) Collect(ch chan<- prometheus.Metric) {
+	for _, p := range pooledRegions() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, stateValue(p.breaker.state()), p.name)
+	}
+}
