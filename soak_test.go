@@ -61,7 +61,6 @@ func (p phase) expected(status int) bool {
 	return false
 }
 
-func (p phase) failing() bool { return p == phase5xx || p == phaseHang || p == phaseReset || p == phaseRefused }
 
 // faultServer is an upstream in front of an embedded backend that injects
 // the current phase's fault. "refused" really closes the listening socket.
