@@ -61,7 +61,6 @@ func (p phase) expected(status int) bool {
 	return false
 }
 
-
 // faultServer is an upstream in front of an embedded backend that injects
 // the current phase's fault. "refused" really closes the listening socket.
 type faultServer struct {
