@@ -51,6 +51,7 @@ func (p position) errorf(format string, args ...any) error {
 //		client_token strip|reject
 //		timeout <duration>
 //		max_item_size <size>
+//		max_key_size <size>
 //		breaker {
 //			failures <n>
 //			failure_ratio <0..1>
@@ -215,6 +216,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.TopicPrefix = v
 
+		case "max_key_size":
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			size, err := humanize.ParseBytes(v)
+			if err != nil || size == 0 || size > 1<<20 {
+				return d.Errf("max_key_size %q: give a positive size such as 4KiB or 1024 (at most 1MiB)", v)
+			}
+			h.MaxKeySize = int64(size)
+
 		case "max_message_size":
 			v, err := oneArg(d)
 			if err != nil {
@@ -252,7 +264,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 
 		default:
-			return d.Errf("unknown subdirective %q in momento (expected region, default_region, route, client_token, timeout, max_item_size, breaker, allow, key_prefix, topic_prefix, max_message_size, subscribe_timeout, region_header or cors)", d.Val())
+			return d.Errf("unknown subdirective %q in momento (expected region, default_region, route, client_token, timeout, max_item_size, breaker, allow, key_prefix, topic_prefix, max_key_size, max_message_size, subscribe_timeout, region_header or cors)", d.Val())
 		}
 	}
 

@@ -59,6 +59,10 @@ type Handler struct {
 	// aborted the moment it passes the limit, so nothing is stored.
 	MaxItemSize int64 `json:"max_item_size,omitempty"`
 
+	// Longest key accepted, in bytes (decoded, before key_prefix). Default:
+	// 4 KiB. Longer keys are answered 400 without contacting the region.
+	MaxKeySize int64 `json:"max_key_size,omitempty"`
+
 	// When region breakers open and how they recover. Breakers are per
 	// region and shared by every handler that names the same region and
 	// endpoint; the handler provisioned last sets their thresholds.
@@ -114,6 +118,7 @@ type Handler struct {
 	rejectClient  bool
 	timeout       time.Duration
 	maxItemSize   int64
+	maxKeySize    int64
 	logger        *zap.Logger
 }
 
@@ -144,6 +149,7 @@ type compiledRoute struct {
 const (
 	defaultTimeout          = 10 * time.Second
 	defaultMaxItemSize      = 5 << 20
+	defaultMaxKeySize       = 4 << 10
 	defaultMaxMessageSize   = 4 << 10
 	defaultSubscribeTimeout = 5 * time.Minute
 )
@@ -179,6 +185,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.maxItemSize = h.MaxItemSize
 	if h.maxItemSize == 0 {
 		h.maxItemSize = defaultMaxItemSize
+	}
+	h.maxKeySize = h.MaxKeySize
+	if h.maxKeySize == 0 {
+		h.maxKeySize = defaultMaxKeySize
 	}
 	h.rejectClient = h.ClientToken == clientTokenReject
 	breakerCfg := h.Breaker.withDefaults()
@@ -284,6 +294,9 @@ func (h *Handler) checkStatic() error {
 	if h.MaxItemSize < 0 {
 		return fmt.Errorf("momento: max_item_size %d must be positive", h.MaxItemSize)
 	}
+	if h.MaxKeySize < 0 {
+		return fmt.Errorf("momento: max_key_size %d must be positive", h.MaxKeySize)
+	}
 	if h.MaxMessageSize < 0 {
 		return fmt.Errorf("momento: max_message_size %d must be positive", h.MaxMessageSize)
 	}
@@ -322,7 +335,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		opName = c.op.String()
 		c.setPlaceholders(r)
 	}
-	defer func() { metrics.requests.WithLabelValues(region, opName, codeLabel(status)).Inc() }()
+	defer func() {
+		if status == 0 && c != nil {
+			status = c.status // the handler aborted after answering
+		}
+		metrics.requests.WithLabelValues(region, opName, codeLabel(status)).Inc()
+	}()
 
 	preflight := c != nil && c.op == opOptions
 	if h.cors != nil {
@@ -369,6 +387,9 @@ func (h *Handler) checkCall(c *call, r *http.Request) *refusal {
 	}
 	if rf := h.policy.check(c); rf != nil {
 		return rf
+	}
+	if int64(c.keySize) > h.maxKeySize {
+		return refuse(http.StatusBadRequest, fmt.Sprintf("key of %d bytes exceeds max_key_size (%d bytes)", c.keySize, h.maxKeySize))
 	}
 	switch c.op {
 	case opSet:

@@ -115,6 +115,11 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *reg
 			body = &limitedBody{rc: r.Body, limit: limit}
 			out.Body = body
 			out.ContentLength = r.ContentLength // -1 streams chunked
+			// The transport does not return until it stops reading the
+			// body, and a stalled client would hold it forever: when the
+			// exchange ends early, end the pending read too.
+			rc := http.NewResponseController(w)
+			defer context.AfterFunc(ctx, func() { _ = rc.SetReadDeadline(time.Now()) })()
 		}
 	}
 
@@ -147,6 +152,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *reg
 		// mistake a truncated value for a whole one.
 		outcome = errUpstreamFailure
 		h.logger.Warn("upstream answer cut off", zap.String("region", rg.name), zap.String("op", c.op.String()), zap.Error(unwrapURLError(readErr)))
+		c.status = status
 		panic(http.ErrAbortHandler)
 	case writeErr != nil:
 		outcome = errExcluded // the client went away
@@ -156,7 +162,8 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *reg
 
 // roundTripFailed answers a request whose upstream exchange failed before
 // a response arrived. It returns the status sent and whether the region is
-// to blame.
+// to blame. The order matters: our timeout is checked before a departed
+// client, because ending a stalled upload also ends the client's context.
 func (h *Handler) roundTripFailed(w http.ResponseWriter, r *http.Request, ctx context.Context, err error, c *call, body *limitedBody, rg *region) (int, error) {
 	switch {
 	case body != nil && body.state.Load() == bodyTooLarge:
@@ -166,10 +173,6 @@ func (h *Handler) roundTripFailed(w http.ResponseWriter, r *http.Request, ctx co
 		}
 		return writeRefusal(w, refuse(http.StatusRequestEntityTooLarge, fmt.Sprintf(
 			"value exceeds max_item_size (%d bytes); nothing was stored", h.maxItemSize))), errExcluded
-	case r.Context().Err() != nil:
-		// The client went away; nobody reads this, but the access log does.
-		w.WriteHeader(499)
-		return 499, errExcluded
 	case errors.Is(context.Cause(ctx), errUpstreamTimeout) && c.op == opSubscribe:
 		// A long poll that saw no message within subscribe_timeout: an empty
 		// page, and the client polls again with the same cursor.
@@ -178,12 +181,19 @@ func (h *Handler) roundTripFailed(w http.ResponseWriter, r *http.Request, ctx co
 		_, _ = io.WriteString(w, `{"items":[]}`)
 		return http.StatusOK, errExcluded
 	case errors.Is(context.Cause(ctx), errUpstreamTimeout):
-		if body != nil && body.state.Load() == bodyReading {
+		if body != nil && body.state.Load() != bodyComplete {
+			// The client stalled mid-upload (its pending read was ended
+			// when the timeout hit); its connection cannot be reused.
+			w.Header().Set("Connection", "close")
 			return writeRefusal(w, refuse(http.StatusRequestTimeout, fmt.Sprintf(
 				"the value did not arrive within %s; nothing was stored", h.timeout))), errExcluded
 		}
 		return writeRefusal(w, refuse(http.StatusGatewayTimeout, fmt.Sprintf(
 			"region %s did not answer within %s", rg.name, h.timeout))), errUpstreamFailure
+	case r.Context().Err() != nil:
+		// The client went away; nobody reads this, but the access log does.
+		w.WriteHeader(499)
+		return 499, errExcluded
 	case body != nil && body.state.Load() == bodyFailed:
 		return writeRefusal(w, refuse(http.StatusBadRequest, "reading the request body failed; nothing was stored")), errExcluded
 	}

@@ -71,6 +71,8 @@ type call struct {
 	// query-escaped, or for key_base64 the unpadded URL-safe base64 text.
 	key       string
 	keyBase64 bool
+	// keySize is the client's key in bytes, decoded.
+	keySize int
 	// ttl is the validated ttl_seconds digits (set only).
 	ttl string
 	// seqNumber and seqPage are the validated subscribe cursor, "" if absent.
@@ -85,6 +87,9 @@ type call struct {
 	// region and breakerState are decided later, and read by placeholders.
 	region       *region
 	breakerState string
+	// status is the answer's status when the handler aborts the connection
+	// after answering (it then cannot return it).
+	status int
 }
 
 // setPlaceholders makes the call visible to the rest of Caddy (logs,
@@ -221,10 +226,17 @@ func parseTopicPath(method, rest string) (*call, *refusal) {
 	return c, nil
 }
 
+// maxNameSize bounds cache and topic names: far above any real name, far
+// below what could hurt.
+const maxNameSize = 255
+
 // checkName returns why a cache or topic name is refused, or "".
 func checkName(what, name string) string {
 	if name == "" {
 		return what + " name is missing: use /cache/{cacheName} or /topics/{cacheName}/{topicName}"
+	}
+	if len(name) > maxNameSize {
+		return what + " name is longer than " + strconv.Itoa(maxNameSize) + " bytes"
 	}
 	if strings.Contains(name, "..") {
 		return what + " name must not contain '..'"
@@ -333,7 +345,7 @@ func (c *call) parseQuery(raw string) *refusal {
 		}
 		// Re-escaped canonically: the upstream never sees a client's odd
 		// but accepted encoding. QueryEscape does not allocate for plain keys.
-		c.key = url.QueryEscape(k)
+		c.key, c.keySize = url.QueryEscape(k), len(k)
 	case haveKeyB64:
 		k, err := url.QueryUnescape(keyB64)
 		if err != nil {
@@ -346,7 +358,7 @@ func (c *call) parseQuery(raw string) *refusal {
 		if _, err := base64.RawURLEncoding.DecodeString(k); err != nil {
 			return refuse(http.StatusBadRequest, "key_base64 is not URL-safe base64 (alphabet A-Z a-z 0-9 - _, padding optional)")
 		}
-		c.key, c.keyBase64 = k, true
+		c.key, c.keyBase64, c.keySize = k, true, base64.RawURLEncoding.DecodedLen(len(k))
 	default:
 		return refuse(http.StatusBadRequest, "query parameter key (or key_base64) is required")
 	}
