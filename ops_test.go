@@ -95,7 +95,11 @@ func (og *opsGateway) regions(t *testing.T) map[string]RegionStatus {
 // metric returns the value of one sample in a Prometheus text exposition,
 // or -1 when it is absent.
 func metric(exposition, name string, labels string) float64 {
-	re := regexp.MustCompile("(?m)^" + regexp.QuoteMeta(name+"{"+labels+"}") + ` (\S+)$`)
+	sample := name
+	if labels != "" {
+		sample += "{" + labels + "}"
+	}
+	re := regexp.MustCompile("(?m)^" + regexp.QuoteMeta(sample) + ` (\S+)$`)
 	m := re.FindStringSubmatch(exposition)
 	if m == nil {
 		return -1
@@ -250,5 +254,18 @@ func TestPlaceholdersRegionHeaderAndDebugLog(t *testing.T) {
 	}
 	if strings.Contains(line, "secret-key-value") {
 		t.Error("the debug line carries the key")
+	}
+}
+
+func TestLocalBackendMetrics(t *testing.T) {
+	og := startOpsGateway(t, "\tmomento_local")
+	expect(t, og.put("/cache/c?key=a&ttl_seconds=60", "12345"), 204, "")
+	expect(t, og.put("/cache/c?key=bb&ttl_seconds=60", "678"), 204, "")
+	m := og.adminGet(t, "/metrics")
+	if got := metric(m, "caddy_momento_local_items", ""); got != 2 {
+		t.Errorf("caddy_momento_local_items = %v, want 2", got)
+	}
+	if got := metric(m, "caddy_momento_local_bytes", ""); got != 11 {
+		t.Errorf("caddy_momento_local_bytes = %v, want 11 (keys and values)", got)
 	}
 }

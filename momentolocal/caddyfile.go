@@ -2,6 +2,7 @@ package momentolocal
 
 import (
 	"math"
+	"strconv"
 
 	"github.com/dustin/go-humanize"
 
@@ -28,10 +29,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
 //	momento_local [<matcher>] {
-//	    token         <token>
-//	    caches        <names...>
-//	    max_item_size <size>
-//	    max_memory    <size>
+//	    token            <token>
+//	    caches           <names...>
+//	    max_item_size    <size>
+//	    max_memory       <size>
+//	    max_message_size <size>
+//	    topic_buffer     <messages>
 //	}
 //
 // caches may be repeated. Sizes are like 5MiB, 1MB or plain bytes.
@@ -67,6 +70,22 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.MaxMemory = size
+		case "max_message_size":
+			size, err := parseSize(d)
+			if err != nil {
+				return err
+			}
+			h.MaxMessageSize = size
+		case "topic_buffer":
+			var arg string
+			if !d.AllArgs(&arg) {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(arg)
+			if err != nil || n <= 0 {
+				return d.Errf("topic_buffer must be a whole number of messages, 1 or more, got %s", arg)
+			}
+			h.TopicBuffer = n
 		default:
 			return d.Errf("unrecognized momento_local subdirective '%s'", d.Val())
 		}

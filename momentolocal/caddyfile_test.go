@@ -38,8 +38,16 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				caches c
 				max_item_size 1MiB
 				max_memory 64MB
+				max_message_size 2KiB
+				topic_buffer 16
 			}`,
-			want: Handler{Token: "t0ken", Caches: []string{"a", "b", "c"}, MaxItemSize: 1 << 20, MaxMemory: 64_000_000},
+			want: Handler{Token: "t0ken", Caches: []string{"a", "b", "c"}, MaxItemSize: 1 << 20, MaxMemory: 64_000_000,
+				MaxMessageSize: 2048, TopicBuffer: 16},
+		},
+		{
+			name:  "plain message size",
+			input: "momento_local {\n max_message_size 100\n}",
+			want:  Handler{MaxMessageSize: 100},
 		},
 		{
 			name:  "plain bytes",
@@ -97,6 +105,46 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			wantErr: "wrong argument count or unexpected line ending after 'max_memory', at Testfile:2",
 		},
 		{
+			name:    "bad max_message_size",
+			input:   "momento_local {\n\tmax_message_size big\n}",
+			wantErr: "parsing max_message_size: ",
+		},
+		{
+			name:    "zero max_message_size",
+			input:   "momento_local {\n\n\tmax_message_size 0\n}",
+			wantErr: "max_message_size must be between 1 byte and 8EiB, got 0, at Testfile:3",
+		},
+		{
+			name:    "max_message_size without value",
+			input:   "momento_local {\n\tmax_message_size\n}",
+			wantErr: "wrong argument count or unexpected line ending after 'max_message_size', at Testfile:2",
+		},
+		{
+			name:    "zero topic_buffer",
+			input:   "momento_local {\n\ttopic_buffer 0\n}",
+			wantErr: "topic_buffer must be a whole number of messages, 1 or more, got 0, at Testfile:2",
+		},
+		{
+			name:    "negative topic_buffer",
+			input:   "momento_local {\n\ttopic_buffer -5\n}",
+			wantErr: "topic_buffer must be a whole number of messages, 1 or more, got -5, at Testfile:2",
+		},
+		{
+			name:    "topic_buffer with a unit",
+			input:   "momento_local {\n\ttoken t\n\ttopic_buffer 1k\n}",
+			wantErr: "topic_buffer must be a whole number of messages, 1 or more, got 1k, at Testfile:3",
+		},
+		{
+			name:    "topic_buffer without value",
+			input:   "momento_local {\n\ttopic_buffer\n}",
+			wantErr: "wrong argument count or unexpected line ending after 'topic_buffer', at Testfile:2",
+		},
+		{
+			name:    "topic_buffer with two values",
+			input:   "momento_local {\n\ttopic_buffer 1 2\n}",
+			wantErr: "at Testfile:2",
+		},
+		{
 			name:    "max_memory with two values",
 			input:   "momento_local {\n\tmax_memory 1 MiB\n}",
 			wantErr: "at Testfile:2",
@@ -145,9 +193,11 @@ func TestAdaptCaddyfile(t *testing.T) {
 		caches a b
 		max_item_size 1KiB
 		max_memory 1MiB
+		max_message_size 512
+		topic_buffer 32
 	}
 }`,
-			handler: `{"handler":"momento_local","token":"t0ken","caches":["a","b"],"max_item_size":1024,"max_memory":1048576}`,
+			handler: `{"handler":"momento_local","token":"t0ken","caches":["a","b"],"max_item_size":1024,"max_memory":1048576,"max_message_size":512,"topic_buffer":32}`,
 		},
 		{
 			// Ordered just before reverse_proxy, so after header and
@@ -167,6 +217,11 @@ func TestAdaptCaddyfile(t *testing.T) {
 			name:    "error carries the line",
 			caddy:   ":8080 {\n\tmomento_local {\n\t\tcolour red\n\t}\n}",
 			wantErr: "unrecognized momento_local subdirective 'colour', at Caddyfile:3",
+		},
+		{
+			name:    "topic_buffer error carries the line",
+			caddy:   ":8080 {\n\tmomento_local {\n\t\tmax_message_size 1KiB\n\t\ttopic_buffer none\n\t}\n}",
+			wantErr: "topic_buffer must be a whole number of messages, 1 or more, got none, at Caddyfile:4",
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,12 +1,3 @@
-// Package momentolocal is an embedded, in-memory implementation of Momento's
-// cache HTTP API, as a Caddy HTTP handler. It lets the gateway run offline in
-// development and gives tests a real upstream to talk to on loopback.
-//
-// Outside Caddy, New and HTTPHandler serve it with net/http alone:
-//
-//	lh, err := momentolocal.New(momentolocal.Handler{Token: "t"})
-//	srv := httptest.NewServer(lh.HTTPHandler())
-//	defer lh.Close()
 package momentolocal
 
 import (
@@ -40,6 +31,14 @@ const (
 	// DefaultMaxMemory is the memory bound when max_memory is unset.
 	DefaultMaxMemory int64 = 256 << 20
 
+	// DefaultMaxMessageSize is the topic message size limit when
+	// max_message_size is unset: Momento's own limit of 4 KB.
+	DefaultMaxMessageSize int64 = 4 << 10
+
+	// DefaultTopicBuffer is how many messages each topic keeps when
+	// topic_buffer is unset.
+	DefaultTopicBuffer = 256
+
 	// sweepInterval is how often expired items are swept out. Expiry is
 	// also checked on every access, so this only bounds how long the
 	// memory of unread expired items is held.
@@ -48,11 +47,13 @@ const (
 	// maxTTLSeconds keeps ttl_seconds within a time.Duration.
 	maxTTLSeconds = int64(1<<63-1) / int64(time.Second)
 
-	cachePrefix = "/cache/"
+	cachePrefix  = "/cache/"
+	topicsPrefix = "/topics/"
 )
 
 // Handler serves Momento's cache HTTP API (GET, PUT and DELETE on
-// /cache/{cache}) from memory. Requests for other paths go to the next
+// /cache/{cache}) and topics API (POST and GET on /topics/{cache}/{topic},
+// described in the package documentation) from memory. Requests for other paths go to the next
 // handler, so it composes with other handlers in a route. It must be
 // started by Provision (in Caddy) or New (outside) before it serves.
 type Handler struct {
@@ -71,23 +72,41 @@ type Handler struct {
 	// PUT is answered 413 and nothing is stored. Default: 5 MiB.
 	MaxItemSize int64 `json:"max_item_size,omitempty"`
 
-	// The bound, in bytes, on the memory the stored items may use: their
-	// keys and values plus a small estimated overhead per item. When it is
-	// exceeded, the least recently used items are evicted.
+	// The bound, in bytes, on the memory that cache items and topic
+	// messages use together: item keys and values, messages as the JSON
+	// subscribers receive (binary ones base64-encoded), topic names, and a
+	// small estimated overhead for each. When it is exceeded, whatever is
+	// oldest goes first: the least recently used item or the earliest
+	// published message still buffered, compared on one clock.
 	// Default: 256 MiB.
 	MaxMemory int64 `json:"max_memory,omitempty"`
+
+	// The largest topic message accepted, in bytes of the request body. A
+	// larger publish is answered 413 and nothing is published.
+	// Default: 4 KiB, Momento's limit.
+	MaxMessageSize int64 `json:"max_message_size,omitempty"`
+
+	// How many of its latest messages each topic keeps for subscribers. A
+	// subscriber asking for an older message gets a discontinuity and the
+	// oldest one kept. Default: 256.
+	TopicBuffer int `json:"topic_buffer,omitempty"`
 
 	// Now returns the current time; nil means time.Now. Tests set it to
 	// move time forward without sleeping. It is not configuration.
 	Now func() time.Time `json:"-"`
 
 	store   *store
+	topics  *topics
 	sweeper *sweeper
 	caches  map[string]struct{}
 	logger  *zap.Logger
 
 	// sweepTicks replaces the sweep ticker in tests.
 	sweepTicks <-chan time.Time
+
+	// onWait, when set (by tests), is called each time a subscriber starts
+	// waiting for a publish, with no lock held.
+	onWait func()
 }
 
 // CaddyModule returns the Caddy module information.
@@ -112,7 +131,10 @@ func New(cfg Handler) (*Handler, error) {
 // Provision sets defaults, creates the store and starts sweeping it.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	return h.start(ctx.Done())
+	if err := h.start(ctx.Done()); err != nil {
+		return err
+	}
+	return registerMetrics(ctx.GetMetricsRegistry(), h)
 }
 
 // start is what New and Provision share. The sweeper stops on Close or
@@ -123,6 +145,12 @@ func (h *Handler) start(done <-chan struct{}) error {
 	}
 	if h.MaxMemory == 0 {
 		h.MaxMemory = DefaultMaxMemory
+	}
+	if h.MaxMessageSize == 0 {
+		h.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if h.TopicBuffer == 0 {
+		h.TopicBuffer = DefaultTopicBuffer
 	}
 	if err := h.Validate(); err != nil {
 		return err
@@ -139,13 +167,16 @@ func (h *Handler) start(done <-chan struct{}) error {
 		now = time.Now
 	}
 	h.store = newStore(h.MaxMemory, now)
+	h.topics = newTopics(h.store, h.TopicBuffer, now, h.onWait)
 	h.sweeper = startSweeper(h.store, sweepInterval, h.sweepTicks, done)
 
 	h.logger.Debug("momento_local ready",
 		zap.Bool("token_required", h.Token != ""),
 		zap.Strings("caches", h.Caches),
 		zap.Int64("max_item_size", h.MaxItemSize),
-		zap.Int64("max_memory", h.MaxMemory))
+		zap.Int64("max_memory", h.MaxMemory),
+		zap.Int64("max_message_size", h.MaxMessageSize),
+		zap.Int("topic_buffer", h.TopicBuffer))
 	return nil
 }
 
@@ -156,6 +187,12 @@ func (h *Handler) Validate() error {
 	}
 	if h.MaxMemory < 0 {
 		return fmt.Errorf("max_memory must be positive, got %d", h.MaxMemory)
+	}
+	if h.MaxMessageSize < 0 {
+		return fmt.Errorf("max_message_size must be positive, got %d", h.MaxMessageSize)
+	}
+	if h.TopicBuffer < 0 {
+		return fmt.Errorf("topic_buffer must be positive, got %d", h.TopicBuffer)
 	}
 	itemSize, memory := h.MaxItemSize, h.MaxMemory
 	if itemSize == 0 {
@@ -176,17 +213,25 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// Cleanup stops the sweeper when Caddy unloads the config.
+// Cleanup stops the sweeper and releases waiting subscribers when Caddy
+// unloads the config, so that a reload does not wait for their long polls.
 func (h *Handler) Cleanup() error {
 	return h.Close()
 }
 
-// Close stops the background sweeper. The handler keeps answering
+// Close stops the background sweeper and answers every subscriber waiting
+// on a topic with an empty page (200, no items), so clients poll again and
+// reach the next config; a subscribe that would wait is answered so from
+// then on. Otherwise the handler keeps answering
 // requests; only expired items are no longer swept in the background.
 // It is safe to call more than once.
 func (h *Handler) Close() error {
+	unregisterLive(h)
 	if h.sweeper != nil {
 		h.sweeper.close()
+	}
+	if h.topics != nil {
+		h.topics.close()
 	}
 	return nil
 }
@@ -202,7 +247,7 @@ func (h *Handler) Len() int {
 
 // Bytes returns the key and value bytes stored, including those of expired
 // items not yet swept. The per-item overhead counted against max_memory is
-// not included.
+// not included, nor are topic messages.
 func (h *Handler) Bytes() int64 {
 	if h.store == nil {
 		return 0
@@ -236,7 +281,8 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) bool {
 	switch {
 	case strings.HasPrefix(path, cachePrefix):
 		h.serveCache(w, r, path[len(cachePrefix):])
-	// Topics (/topics/{cache}/{topic}) will be answered here.
+	case strings.HasPrefix(path, topicsPrefix):
+		h.serveTopic(w, r, path[len(topicsPrefix):])
 	default:
 		return false
 	}
@@ -347,13 +393,17 @@ func (h *Handler) authorize(r *http.Request, q *query) (int, string) {
 // and the reason: a truncated upload must never be stored as if it were the
 // whole value.
 func readValue(r *http.Request, keyLen, maxItemSize int64) ([]byte, int, error) {
-	limit := maxItemSize - keyLen
-	tooLarge := func() ([]byte, int, error) {
-		return nil, http.StatusRequestEntityTooLarge,
-			fmt.Errorf("item too large: key plus value exceed max_item_size (%d bytes)", maxItemSize)
-	}
+	return readBody(r, maxItemSize-keyLen, func() error {
+		return fmt.Errorf("item too large: key plus value exceed max_item_size (%d bytes)", maxItemSize)
+	})
+}
+
+// readBody reads a request body of at most limit bytes, answering
+// tooLarge's error with 413 when it is larger. Like readValue, it returns
+// either the whole body or an error.
+func readBody(r *http.Request, limit int64, tooLarge func() error) ([]byte, int, error) {
 	if limit < 0 || r.ContentLength > limit {
-		return tooLarge()
+		return nil, http.StatusRequestEntityTooLarge, tooLarge()
 	}
 	var value []byte
 	var err error
@@ -365,7 +415,7 @@ func readValue(r *http.Request, keyLen, maxItemSize int64) ([]byte, int, error) 
 	} else {
 		value, err = io.ReadAll(io.LimitReader(r.Body, limit+1))
 		if err == nil && int64(len(value)) > limit {
-			return tooLarge()
+			return nil, http.StatusRequestEntityTooLarge, tooLarge()
 		}
 		// Don't let append's spare capacity count as memory nobody sees.
 		if cap(value)-len(value) > len(value)/8 {
@@ -378,7 +428,7 @@ func readValue(r *http.Request, keyLen, maxItemSize int64) ([]byte, int, error) 
 		if errors.As(err, &maxBytes) {
 			return nil, http.StatusRequestEntityTooLarge, err
 		}
-		return nil, http.StatusBadRequest, fmt.Errorf("reading the value: %w", err)
+		return nil, http.StatusBadRequest, fmt.Errorf("reading the request body: %w", err)
 	}
 	return value, 0, nil
 }
@@ -394,35 +444,43 @@ func writeError(w http.ResponseWriter, status int, message string) {
 }
 
 // checkCacheName returns what is wrong with a cache name, or "".
-func checkCacheName(name string) string {
+func checkCacheName(name string) string { return checkName("cache", name) }
+
+// checkName returns what is wrong with the name of a cache or topic (what),
+// or "".
+func checkName(what, name string) string {
 	if name == "" {
-		return "cache name is empty"
+		return what + " name is empty"
 	}
 	if strings.Contains(name, "/") {
-		return "cache name must not contain '/'"
+		return what + " name must not contain '/'"
 	}
 	if strings.Contains(name, "..") {
-		return "cache name must not contain '..'"
+		return what + " name must not contain '..'"
 	}
 	for i := 0; i < len(name); i++ {
 		if c := name[i]; c < 0x20 || c == 0x7f {
-			return "cache name must not contain control characters"
+			return what + " name must not contain control characters"
 		}
 	}
 	return ""
 }
 
-// query holds the query parameters the cache API reads, still undecoded
-// where decoding is only needed for some operations.
+// query holds the query parameters the cache and topics APIs read, still
+// undecoded where decoding is only needed for some operations.
 type query struct {
-	key          string
-	keyBase64    string
-	ttlSeconds   string
-	token        string
-	hasKey       bool
-	hasKeyBase64 bool
-	hasTTL       bool
-	hasToken     bool
+	key            string
+	keyBase64      string
+	ttlSeconds     string
+	token          string
+	sequenceNumber string
+	sequencePage   string
+	hasKey         bool
+	hasKeyBase64   bool
+	hasTTL         bool
+	hasToken       bool
+	hasSeqNumber   bool
+	hasSeqPage     bool
 }
 
 // parseQuery scans a raw query for the parameters the API reads. It
@@ -453,6 +511,10 @@ func parseQuery(raw string) (query, string) {
 			dst, seen = &q.ttlSeconds, &q.hasTTL
 		case "token":
 			dst, seen = &q.token, &q.hasToken
+		case "sequence_number":
+			dst, seen = &q.sequenceNumber, &q.hasSeqNumber
+		case "sequence_page":
+			dst, seen = &q.sequencePage, &q.hasSeqPage
 		default:
 			continue
 		}

@@ -50,13 +50,15 @@ type backend struct {
 	srv   *httptest.Server
 	clock *clock
 	ticks chan time.Time
+	waits chan struct{} // a value each time a subscriber starts waiting
 }
 
 func newBackend(t *testing.T, cfg Handler) *backend {
 	t.Helper()
-	b := &backend{t: t, clock: newClock(), ticks: make(chan time.Time)}
+	b := &backend{t: t, clock: newClock(), ticks: make(chan time.Time), waits: make(chan struct{}, 4096)}
 	cfg.Now = b.clock.Now
 	cfg.sweepTicks = b.ticks
+	cfg.onWait = func() { b.waits <- struct{}{} }
 	h, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -64,10 +66,12 @@ func newBackend(t *testing.T, cfg Handler) *backend {
 	b.h = h
 	b.srv = httptest.NewServer(h.HTTPHandler())
 	t.Cleanup(func() {
-		b.srv.Close()
+		// Close first: it releases waiting subscribers, which the server's
+		// Close would otherwise wait for.
 		if err := h.Close(); err != nil {
 			t.Errorf("Close: %v", err)
 		}
+		b.srv.Close()
 	})
 	return b
 }
@@ -392,7 +396,7 @@ func TestMethodNotAllowed(t *testing.T) {
 
 func TestOtherPaths(t *testing.T) {
 	b := newBackend(t, Handler{})
-	for _, path := range []string{"/", "/cache", "/topics/c/t", "/cachex/c?key=k"} {
+	for _, path := range []string{"/", "/cache", "/topics", "/topicsx/c/t", "/cachex/c?key=k"} {
 		b.expect(path, b.get(path), http.StatusNotFound, "Not Found")
 	}
 
@@ -620,6 +624,8 @@ func TestNewValidates(t *testing.T) {
 	}{
 		{"negative item size", Handler{MaxItemSize: -1}, "max_item_size must be positive"},
 		{"negative memory", Handler{MaxMemory: -1}, "max_memory must be positive"},
+		{"negative message size", Handler{MaxMessageSize: -1}, "max_message_size must be positive"},
+		{"negative topic buffer", Handler{TopicBuffer: -1}, "topic_buffer must be positive"},
 		{"item as large as memory", Handler{MaxItemSize: 1 << 20, MaxMemory: 1 << 20}, "max_memory (1048576 bytes) must exceed max_item_size (1048576 bytes)"},
 		{"default item, small memory", Handler{MaxMemory: 1 << 20}, "must exceed max_item_size (5242880 bytes)"},
 		{"empty cache name", Handler{Caches: []string{"a", ""}}, `caches: "" is not a valid cache name: cache name is empty`},
@@ -647,8 +653,10 @@ func TestNewValidates(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	if h.MaxItemSize != DefaultMaxItemSize || h.MaxMemory != DefaultMaxMemory {
-		t.Errorf("defaults: max_item_size %d max_memory %d", h.MaxItemSize, h.MaxMemory)
+	if h.MaxItemSize != DefaultMaxItemSize || h.MaxMemory != DefaultMaxMemory ||
+		h.MaxMessageSize != 4096 || h.TopicBuffer != 256 {
+		t.Errorf("defaults: max_item_size %d max_memory %d max_message_size %d topic_buffer %d",
+			h.MaxItemSize, h.MaxMemory, h.MaxMessageSize, h.TopicBuffer)
 	}
 }
 
@@ -672,13 +680,14 @@ func TestCaddyLifecycle(t *testing.T) {
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
 
-	mod, err := ctx.LoadModuleByID("http.handlers.momento_local", json.RawMessage(`{"caches":["a"],"max_item_size":1024}`))
+	mod, err := ctx.LoadModuleByID("http.handlers.momento_local", json.RawMessage(`{"caches":["a"],"max_item_size":1024,"topic_buffer":8}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := mod.(*Handler)
-	if h.MaxItemSize != 1024 || h.MaxMemory != DefaultMaxMemory {
-		t.Errorf("provisioned max_item_size %d max_memory %d", h.MaxItemSize, h.MaxMemory)
+	if h.MaxItemSize != 1024 || h.MaxMemory != DefaultMaxMemory || h.TopicBuffer != 8 || h.MaxMessageSize != DefaultMaxMessageSize {
+		t.Errorf("provisioned max_item_size %d max_memory %d topic_buffer %d max_message_size %d",
+			h.MaxItemSize, h.MaxMemory, h.TopicBuffer, h.MaxMessageSize)
 	}
 	rec := httptest.NewRecorder()
 	h.HTTPHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/cache/b?key=k", nil))
@@ -686,11 +695,30 @@ func TestCaddyLifecycle(t *testing.T) {
 		t.Errorf("got %d %q, want 404 Cache Not Found", rec.Code, rec.Body)
 	}
 
+	// A subscriber waiting when the config is unloaded is let go, so that
+	// a reload need not wait for it.
+	waits := make(chan struct{}, 1)
+	h.topics.onWait = func() { waits <- struct{}{} }
+	srv := httptest.NewServer(h.HTTPHandler())
+	defer srv.Close()
+	answered := make(chan int, 1)
+	go func() {
+		r, err := fetch(context.Background(), srv.Client(), http.MethodGet, srv.URL+"/topics/a/t", nil, nil)
+		if err != nil {
+			t.Error(err)
+		}
+		answered <- r.status
+	}()
+	<-waits
+
 	cancel()
 	select {
 	case <-h.sweeper.stopped:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the sweeper did not stop when the context ended")
+	}
+	if status := <-answered; status != http.StatusOK {
+		t.Errorf("waiting subscriber got %d when the config was unloaded, want 200 (an empty page)", status)
 	}
 
 	if _, err := ctx.LoadModuleByID("http.handlers.momento_local", json.RawMessage(`{"max_memory":1000}`)); err == nil ||

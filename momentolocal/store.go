@@ -26,11 +26,16 @@ const (
 // Each shard keeps its own LRU list ordered by a global access sequence, so
 // the globally least recently used item is always the oldest of the shard
 // tails; eviction compares those tails and so stays exact across shards.
+//
+// Topic messages share the bound: each takes a number from the same access
+// sequence when published, so eviction can weigh the earliest message still
+// buffered against the least recently used item and drop the older.
 type store struct {
 	shards   [numShards]shard
 	seed     maphash.Seed
 	now      func() time.Time
-	maxBytes int64 // bound on bytes plus items*itemOverhead
+	maxBytes int64   // bound on bytes plus items*itemOverhead plus topic memory
+	topics   *topics // nil when no topics share the bound
 
 	bytes atomic.Int64  // key and value bytes stored
 	items atomic.Int64  // number of items stored
@@ -207,14 +212,23 @@ func (sw *sweeper) close() {
 	<-sw.stopped
 }
 
-func (s *store) len() int      { return int(s.items.Load()) }
-func (s *store) size() int64   { return s.bytes.Load() }
-func (s *store) memory() int64 { return s.bytes.Load() + s.items.Load()*itemOverhead }
+func (s *store) len() int    { return int(s.items.Load()) }
+func (s *store) size() int64 { return s.bytes.Load() }
+
+// memory is what counts against the bound, topic messages included.
+func (s *store) memory() int64 {
+	m := s.bytes.Load() + s.items.Load()*itemOverhead
+	if s.topics != nil {
+		m += s.topics.memory.Load()
+	}
+	return m
+}
 
 func (s *store) overBound() bool { return s.memory() > s.maxBytes }
 
-// evict removes least recently used items until the store is within its
-// bound. Shards are locked one at a time, never two at once.
+// evict removes least recently used items, and topic messages older than
+// them, until the store is within its bound. Shards and topics are locked
+// one at a time, never two at once.
 func (s *store) evict() {
 	s.evictMu.Lock()
 	defer s.evictMu.Unlock()
@@ -229,8 +243,14 @@ func (s *store) evict() {
 			}
 			sh.mu.Unlock()
 		}
+		if s.topics != nil {
+			if seq, ok := s.topics.oldestMessage(); ok && (oldest == nil || seq < oldestSeq) {
+				s.topics.dropOldestMessage()
+				continue
+			}
+		}
 		if oldest == nil {
-			return
+			return // what is left (topics with waiting subscribers) cannot be evicted
 		}
 		// The tail may have been used or removed since it was seen; then
 		// this evicts a slightly newer item, which only bends LRU order

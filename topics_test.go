@@ -1,0 +1,335 @@
+package momento
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/momento-gateway/caddy-momento/momentolocal"
+)
+
+// subscribeItem is one entry of a subscribe answer, in Momento's shape.
+type subscribeItem struct {
+	Item *struct {
+		TopicSequenceNumber uint64 `json:"topic_sequence_number"`
+		SequencePage        uint64 `json:"sequence_page"`
+		Value               struct {
+			Text   *string `json:"text"`
+			Binary *string `json:"binary"`
+		} `json:"value"`
+	} `json:"item"`
+	Discontinuity *struct {
+		LastTopicSequence uint64 `json:"last_topic_sequence"`
+		NewTopicSequence  uint64 `json:"new_topic_sequence"`
+		NewSequencePage   uint64 `json:"new_sequence_page"`
+	} `json:"discontinuity"`
+}
+
+// message is what a subscriber received: a sequence number and the value,
+// binary values decoded.
+type message struct {
+	seq    uint64
+	binary bool
+	value  string
+}
+
+// subscriber long-polls a topic through the gateway the way Momento's
+// clients do: next sequence_number = last + 1, sequence_page echoed.
+type subscriber struct {
+	g              *gateway
+	path           string
+	seq, page      uint64
+	discontinuties int
+}
+
+func (s *subscriber) poll(ctx context.Context) ([]message, error) {
+	target := fmt.Sprintf("%s%s?sequence_number=%d&sequence_page=%d", s.g.base, s.path, s.seq, s.page)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	resp, err := s.g.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return nil, fmt.Errorf("subscribe: %d %s", resp.StatusCode, body)
+	}
+	var page struct{ Items []subscribeItem }
+	if err := json.Unmarshal(body, &page); err != nil {
+		return nil, fmt.Errorf("subscribe answer %q: %v", body, err)
+	}
+	var out []message
+	for _, it := range page.Items {
+		switch {
+		case it.Item != nil:
+			m := message{seq: it.Item.TopicSequenceNumber}
+			if it.Item.Value.Binary != nil {
+				b, err := base64.StdEncoding.DecodeString(*it.Item.Value.Binary)
+				if err != nil {
+					return nil, err
+				}
+				m.binary, m.value = true, string(b)
+			} else if it.Item.Value.Text != nil {
+				m.value = *it.Item.Value.Text
+			}
+			out = append(out, m)
+			s.seq, s.page = m.seq+1, it.Item.SequencePage
+		case it.Discontinuity != nil:
+			s.discontinuties++
+			s.seq, s.page = it.Discontinuity.NewTopicSequence, it.Discontinuity.NewSequencePage
+		}
+	}
+	return out, nil
+}
+
+func (g *gateway) publish(path, contentType, body string) response {
+	return g.do(http.MethodPost, path, strings.NewReader(body), "Content-Type", contentType)
+}
+
+func topicsGateway(t *testing.T, extra string) (*gateway, *upstream, *momentolocal.Handler) {
+	t.Helper()
+	lh, err := momentolocal.New(momentolocal.Handler{Token: "t", TopicBuffer: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lh.Close() })
+	up := newUpstream(t, lh.HTTPHandler())
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+extra+"\t}")
+	return g, up, lh
+}
+
+func TestTopicsTwoSubscribersAndAPublisher(t *testing.T) {
+	g, _, _ := topicsGateway(t, "")
+	const n = 40
+	// What the publisher sends: text and binary, in order.
+	sent := make([]message, n)
+	for i := range sent {
+		if i%3 == 0 {
+			sent[i] = message{seq: uint64(i), binary: true, value: string([]byte{0, 0xff, byte(i), '\n'})}
+		} else {
+			sent[i] = message{seq: uint64(i), value: fmt.Sprintf("hello %d ✓", i)}
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	received := make([][]message, 2)
+	var counts [2]atomic.Int64 // messages received, readable while they poll
+	errs := make([]error, 2)
+	for s := 0; s < 2; s++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sub := &subscriber{g: g, path: "/topics/chat/room-1"}
+			for len(received[s]) < n {
+				msgs, err := sub.poll(ctx)
+				if err != nil {
+					errs[s] = err
+					return
+				}
+				received[s] = append(received[s], msgs...)
+				counts[s].Store(int64(len(received[s])))
+			}
+			if sub.discontinuties != 0 {
+				errs[s] = fmt.Errorf("%d discontinuities for a subscriber that kept up", sub.discontinuties)
+			}
+		}()
+	}
+	// Publish in bursts of 4 while the subscribers long-poll. The backend
+	// keeps the last 8 messages, so before each burst both subscribers must
+	// have caught up to within one burst: then none falls behind.
+	for i, m := range sent {
+		ct := "text/plain; charset=utf-8"
+		if m.binary {
+			ct = "application/octet-stream"
+		}
+		expect(t, g.publish("/topics/chat/room-1", ct, m.value), http.StatusNoContent, "")
+		if i%4 == 3 {
+			waitFor(t, func() bool { return counts[0].Load() > int64(i-4) && counts[1].Load() > int64(i-4) })
+		}
+	}
+	wg.Wait()
+	for s := 0; s < 2; s++ {
+		if errs[s] != nil {
+			t.Fatalf("subscriber %d: %v", s, errs[s])
+		}
+		for i, m := range received[s] {
+			if m != sent[i] {
+				t.Fatalf("subscriber %d, message %d: got %+v, want %+v", s, i, m, sent[i])
+			}
+		}
+	}
+}
+
+func TestSubscriberThatFallsBehindGetsADiscontinuity(t *testing.T) {
+	g, _, _ := topicsGateway(t, "")
+	for i := 0; i < 20; i++ { // the buffer holds 8
+		expect(t, g.publish("/topics/c/news", "text/plain", fmt.Sprint(i)), http.StatusNoContent, "")
+	}
+	sub := &subscriber{g: g, path: "/topics/c/news"}
+	msgs, err := sub.poll(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sub.discontinuties != 1 || len(msgs) == 0 || msgs[0].seq != 12 || msgs[len(msgs)-1].seq != 19 {
+		t.Fatalf("got %d discontinuities and %+v; want one discontinuity, then 12..19", sub.discontinuties, msgs)
+	}
+}
+
+func TestTopicValidationAtTheEdge(t *testing.T) {
+	g, up, _ := topicsGateway(t, "\t\tmax_message_size 16\n")
+	cases := []struct {
+		name, method, target, ctype, body string
+		status                            int
+		msg                               string
+	}{
+		{"no content type", "POST", "/topics/c/t", "", "hi", 400, "publish needs a Content-Type"},
+		{"json content type", "POST", "/topics/c/t", "application/json", "{}", 400, `Content-Type "application/json" cannot be published`},
+		{"too large", "POST", "/topics/c/t", "text/plain", strings.Repeat("x", 17), 413, "message of 17 bytes exceeds max_message_size (16 bytes)"},
+		{"no topic", "POST", "/topics/c", "text/plain", "hi", 400, "topic name is missing"},
+		{"empty topic", "GET", "/topics/c/", "", "", 400, "topic name is missing"},
+		{"slash in topic", "GET", "/topics/c/a/b", "", "", 400, "topic name must not contain '/'"},
+		{"dotdot topic", "GET", "/topics/c/..", "", "", 400, "topic name must not contain '..'"},
+		{"bad sequence_number", "GET", "/topics/c/t?sequence_number=-1", "", "", 400, "sequence_number must be a whole number"},
+		{"bad sequence_page", "GET", "/topics/c/t?sequence_page=abc", "", "", 400, "sequence_page must be a whole number"},
+		{"repeated sequence_number", "GET", "/topics/c/t?sequence_number=1&sequence_number=2", "", "", 400, "given more than once"},
+		{"PUT on topic", "PUT", "/topics/c/t", "text/plain", "x", 405, "use POST to publish or GET to subscribe"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var body io.Reader
+			if tc.body != "" {
+				body = strings.NewReader(tc.body)
+			}
+			var hdr []string
+			if tc.ctype != "" {
+				hdr = []string{"Content-Type", tc.ctype}
+			}
+			r := g.do(tc.method, tc.target, body, hdr...)
+			expect(t, r, tc.status, tc.msg)
+			if tc.status == 405 && r.header.Get("Allow") != "GET, POST" {
+				t.Errorf("Allow %q", r.header.Get("Allow"))
+			}
+		})
+	}
+	// A chunked publish that passes the limit is cut off: nothing published.
+	pr, pw := io.Pipe()
+	go func() {
+		_, _ = pw.Write(bytes.Repeat([]byte("y"), 64))
+		pw.Close()
+	}()
+	expect(t, g.do(http.MethodPost, "/topics/c/t", pr, "Content-Type", "text/plain"), 413, "nothing was published")
+	// Only the aborted chunked upload may have reached the region (it is
+	// cut off mid-body, so the region may not even see its headers).
+	if hits := up.hits.Load(); hits > 1 {
+		t.Fatalf("refused requests reached the region: %d", hits)
+	}
+	// And the topic is empty: a subscriber from 0 waits (bounded here by
+	// subscribe_timeout's sibling, the request context).
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if msgs, err := (&subscriber{g: g, path: "/topics/c/t"}).poll(ctx); err == nil {
+		t.Fatalf("an aborted publish was delivered: %+v", msgs)
+	}
+}
+
+func TestLongPollsDoNotTripTheBreaker(t *testing.T) {
+	g, _, _ := topicsGateway(t, "\t\ttimeout 100ms\n\t\tsubscribe_timeout 400ms\n\t\tbreaker {\n\t\t\tfailures 1\n\t\t}\n")
+
+	// A long poll held past `timeout` (but within subscribe_timeout) is
+	// answered when the message arrives.
+	got := make(chan []message, 1)
+	go func() {
+		msgs, err := (&subscriber{g: g, path: "/topics/c/slow"}).poll(context.Background())
+		if err != nil {
+			t.Error(err)
+		}
+		got <- msgs
+	}()
+	<-time.After(250 * time.Millisecond) // longer than timeout: the point of the test
+	expect(t, g.publish("/topics/c/slow", "text/plain", "late"), http.StatusNoContent, "")
+	if msgs := <-got; len(msgs) != 1 || msgs[0].value != "late" {
+		t.Fatalf("long poll got %+v", msgs)
+	}
+
+	// A long poll that outlives subscribe_timeout gets an empty page.
+	r := g.get("/topics/c/quiet?sequence_number=0")
+	expect(t, r, http.StatusOK, `{"items":[]}`)
+
+	// Neither opened the breaker (failures 1 would have).
+	expect(t, g.put("/cache/c?key=k&ttl_seconds=5", "v"), http.StatusNoContent, "")
+}
+
+func TestSubscriberDisconnectFreesUpstreamCall(t *testing.T) {
+	lh, err := momentolocal.New(momentolocal.Handler{Token: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lh.Close() })
+	waiting := make(chan struct{}, 1)
+	ended := make(chan struct{}, 1)
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/topics/") {
+			waiting <- struct{}{}
+			defer func() { ended <- struct{}{} }()
+		}
+		lh.HTTPHandler().ServeHTTP(w, r)
+	}))
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\tbreaker {\n\t\t\tfailures 1\n\t\t}\n\t}")
+	baseline := runtime.NumGoroutine()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := (&subscriber{g: g, path: "/topics/c/t"}).poll(ctx)
+		done <- err
+	}()
+	<-waiting
+	cancel()
+	<-done
+	<-ended // the upstream long poll ended as soon as the client left
+
+	b := pooledBreaker(t, "r", up.URL)
+	if c := b.counts(); c.Requests != 0 || b.state() != gobreaker.StateClosed {
+		t.Fatalf("a departed subscriber was counted: %+v", c)
+	}
+	g.client.CloseIdleConnections()
+	waitFor(t, func() bool { return runtime.NumGoroutine() <= baseline })
+}
+
+func TestTopicPolicyAndPrefix(t *testing.T) {
+	g, up, _ := topicsGateway(t, "\t\ttopic_prefix {http.request.header.X-User}-\n"+
+		"\t\tallow {\n\t\t\tcaches chat-*\n\t\t\tops publish\n\t\t}\n")
+	expect(t, g.do(http.MethodPost, "/topics/chat-1/inbox", strings.NewReader("hi"), "Content-Type", "text/plain", "X-User", "alice"), http.StatusNoContent, "")
+	if got := up.lastURI.Load(); got != "/topics/chat-1/alice-inbox" {
+		t.Fatalf("upstream saw %v", got)
+	}
+	hits := up.hits.Load()
+	expect(t, g.get("/topics/chat-1/inbox"), http.StatusForbidden, "operation subscribe is not allowed here (allow ops: publish)")
+	expect(t, g.do(http.MethodPost, "/topics/other/inbox", strings.NewReader("hi"), "Content-Type", "text/plain", "X-User", "alice"), http.StatusForbidden, `cache "other" is not allowed here`)
+	expect(t, g.publish("/topics/chat-1/inbox", "text/plain", "anonymous"), http.StatusForbidden, "topic_prefix needs {http.request.header.X-User}")
+	if up.hits.Load() != hits {
+		t.Fatal("refused requests reached the region")
+	}
+}
+
+func TestSubscribeFailuresCount(t *testing.T) {
+	refused := refusedURL(t)
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", refused, "t")+"\t\tbreaker {\n\t\t\tfailures 2\n\t\t}\n\t}")
+	expect(t, g.get("/topics/c/t"), http.StatusBadGateway, "could not be reached")
+	expect(t, g.get("/topics/c/t"), http.StatusBadGateway, "could not be reached")
+	expect(t, g.get("/topics/c/t"), http.StatusServiceUnavailable, "circuit breaker is open")
+}
