@@ -333,3 +333,62 @@ func TestSubscribeFailuresCount(t *testing.T) {
 	expect(t, g.get("/topics/c/t"), http.StatusBadGateway, "could not be reached")
 	expect(t, g.get("/topics/c/t"), http.StatusServiceUnavailable, "circuit breaker is open")
 }
+
+// TestIdleSubscriberCost measures what a waiting subscriber costs the
+// gateway: the same number of long polls, once straight to the backend and
+// once through the gateway; the difference is the gateway's share. It
+// reports the figures and holds the goroutine count (a count, not a time).
+func TestIdleSubscriberCost(t *testing.T) {
+	const n = 200
+	lh, err := momentolocal.New(momentolocal.Handler{Token: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lh.Close() })
+	up := newUpstream(t, lh.HTTPHandler())
+	g := startGateway(t, "\tmomento {\n"+regionBlock("idle", up.URL, "t")+"\t}")
+
+	measure := func(base string, header http.Header) (goroutines, heap float64) {
+		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: n}}
+		defer client.CloseIdleConnections()
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		g0, h0 := runtime.NumGoroutine(), ms.HeapAlloc
+		hits0 := up.hits.Load()
+
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		for i := 0; i < n; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/topics/idle/t%d", base, i), nil)
+				req.Header = header.Clone()
+				if resp, err := client.Do(req); err == nil {
+					resp.Body.Close()
+				}
+			}()
+		}
+		// Every long poll has reached the backend and waits there.
+		waitFor(t, func() bool { return up.hits.Load()-hits0 == n })
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		goroutines = float64(runtime.NumGoroutine()-g0) / n
+		heap = float64(int64(ms.HeapAlloc)-int64(h0)) / n
+		cancel()
+		wg.Wait()
+		return goroutines, heap
+	}
+	directG, directH := measure(up.URL, http.Header{"Authorization": {"t"}})
+	viaG, viaH := measure(g.base, http.Header{})
+	gwG, gwH := viaG-directG, viaH-directH
+	t.Logf("per waiting subscriber: gateway adds %.1f goroutines and %.1f KiB of heap (direct: %.1f goroutines, %.1f KiB; through the gateway: %.1f, %.1f KiB)",
+		gwG, gwH/1024, directG, directH/1024, viaG, viaH/1024)
+	// The gateway's share is what net/http needs for two connections: the
+	// client's (the connection and its background read) and the pooled
+	// upstream one (read and write loops). No goroutine of the gateway's own.
+	if gwG > 4.5 {
+		t.Errorf("a waiting subscriber costs the gateway %.1f goroutines, want 4", gwG)
+	}
+}
