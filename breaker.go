@@ -229,7 +229,6 @@ func (b *breaker) current() *gobreaker.TwoStepCircuitBreaker[struct{}] {
 func (b *breaker) allow() (done func(error), retryAfter time.Duration, ok bool) {
 	done, err := b.current().Allow()
 	if err != nil {
-		metrics.rejections.WithLabelValues(b.region).Inc()
 		return nil, b.retryAfter(time.Now()), false
 	}
 	return done, 0, true
@@ -240,7 +239,6 @@ func (b *breaker) allow() (done func(error), retryAfter time.Duration, ok bool) 
 // starve the probes); they report their outcome through record instead.
 func (b *breaker) admitLongPoll() (retryAfter time.Duration, ok bool) {
 	if b.state() == gobreaker.StateOpen {
-		metrics.rejections.WithLabelValues(b.region).Inc()
 		return b.retryAfter(time.Now()), false
 	}
 	return 0, true

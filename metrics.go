@@ -3,6 +3,7 @@ package momento
 import (
 	"errors"
 	"strconv"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sony/gobreaker/v2"
@@ -106,4 +107,39 @@ func (c breakerStates) Collect(ch chan<- prometheus.Metric) {
 	for _, p := range pooledRegions() {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, stateValue(p.breaker.state()), p.name)
 	}
+}
+
+// regionMetrics holds one region's metric children, looked up once rather
+// than by label values on every request.
+type regionMetrics struct {
+	name       string
+	duration   [opCount]prometheus.Observer
+	rejections prometheus.Counter
+	// requests[op][status] is filled on first use: most (op, status) pairs
+	// never occur.
+	requests [opCount][len(statusCodes)]atomic.Pointer[prometheus.Counter]
+}
+
+func newRegionMetrics(name string) *regionMetrics {
+	m := &regionMetrics{name: name, rejections: metrics.rejections.WithLabelValues(name)}
+	for o := op(0); o < opCount; o++ {
+		m.duration[o] = metrics.duration.WithLabelValues(name, o.String())
+	}
+	return m
+}
+
+// countRequest counts one answer of the region's.
+func (m *regionMetrics) countRequest(o op, status int) {
+	if o >= opCount || status < 0 || status >= len(statusCodes) {
+		metrics.requests.WithLabelValues(m.name, o.String(), codeLabel(status)).Inc()
+		return
+	}
+	slot := &m.requests[o][status]
+	c := slot.Load()
+	if c == nil {
+		counter := metrics.requests.WithLabelValues(m.name, o.String(), statusCodes[status])
+		c = &counter
+		slot.Store(c)
+	}
+	(*c).Inc()
 }

@@ -7,6 +7,7 @@ package momento
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -330,16 +331,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if c == nil && rf == nil {
 		return next.ServeHTTP(w, r)
 	}
-	status, region, opName := 0, noRegion, "invalid"
+	status := 0
 	if c != nil {
-		opName = c.op.String()
 		c.setPlaceholders(r)
 	}
 	defer func() {
 		if status == 0 && c != nil {
 			status = c.status // the handler aborted after answering
 		}
-		metrics.requests.WithLabelValues(region, opName, codeLabel(status)).Inc()
+		switch {
+		case c != nil && c.region != nil:
+			c.region.metrics.countRequest(c.op, status)
+		case c != nil:
+			metrics.requests.WithLabelValues(noRegion, c.op.String(), codeLabel(status)).Inc()
+		default:
+			metrics.requests.WithLabelValues(noRegion, "invalid", codeLabel(status)).Inc()
+		}
 	}()
 
 	preflight := c != nil && c.op == opOptions
@@ -371,7 +378,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		status = writeRefusal(w, refuse(http.StatusNotFound, "Cache Not Found"))
 		return nil
 	}
-	c.region, region = rg, rg.name
+	c.region = rg
 	if h.RegionHeader != "" {
 		w.Header().Set(h.RegionHeader, rg.name)
 	}
@@ -427,15 +434,22 @@ func authenticated(r *http.Request) bool {
 // empty body, and API clients need the message.
 func writeRefusal(w http.ResponseWriter, rf *refusal) int {
 	hdr := w.Header()
-	hdr.Set("Content-Type", "text/plain; charset=utf-8")
-	hdr.Set("X-Content-Type-Options", "nosniff")
+	// Shared header values: refusals are a hot path when a breaker is
+	// open, and Header.Set would allocate a slice for each.
+	hdr["Content-Type"] = plainText
+	hdr["X-Content-Type-Options"] = noSniff
 	if rf.allow != "" {
 		hdr.Set("Allow", rf.allow)
 	}
 	w.WriteHeader(rf.status)
-	_, _ = w.Write([]byte(rf.msg))
+	_, _ = io.WriteString(w, rf.msg)
 	return rf.status
 }
+
+var (
+	plainText = []string{"text/plain; charset=utf-8"}
+	noSniff   = []string{"nosniff"}
+)
 
 // Interface guards
 var (

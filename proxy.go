@@ -28,17 +28,12 @@ var errTooLarge = errors.New("value exceeds max_item_size")
 // goes to one host, so the per-host idle pool is sized for hundreds of
 // concurrent clients: a small pool would open a new connection for many
 // requests under load.
+//
+// The connection buffers stay at net/http's 4 KiB: values stream through
+// copyBody's 32 KiB buffer, which reads straight past a small bufio.Reader,
+// and larger per-connection buffers only cost memory (hundreds of pooled
+// connections, and long polls that hold one for minutes).
 func newTransport() *http.Transport {
-	t := newLongPollTransport()
-	t.WriteBufferSize = 32 << 10
-	t.ReadBufferSize = 32 << 10
-	return t
-}
-
-// newLongPollTransport is the pool for subscribes. A waiting subscriber
-// holds its connection for minutes doing nothing, so its buffers stay at
-// the 4 KiB default: thousands of idle subscribers must cost little.
-func newLongPollTransport() *http.Transport {
 	return &http.Transport{
 		Proxy: http.ProxyFromEnvironment,
 		DialContext: (&net.Dialer{
@@ -67,11 +62,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *reg
 		done, wait, ok = rg.pooled.breaker.allow()
 	}
 	if !ok {
-		c.breakerState = "open"
-		secs := retryAfterSeconds(wait)
-		w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
-		return writeRefusal(w, refuse(http.StatusServiceUnavailable, fmt.Sprintf(
-			"region %s is unavailable: its circuit breaker is open after repeated failures; retry in %d s", rg.name, secs)))
+		return rg.reject(w, c, wait)
 	}
 	// Until the exchange says otherwise, it says nothing about the region.
 	outcome := errExcluded
@@ -79,7 +70,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *reg
 	defer func() {
 		done(outcome)
 		elapsed := time.Since(start)
-		metrics.duration.WithLabelValues(rg.name, c.op.String()).Observe(elapsed.Seconds())
+		rg.metrics.duration[c.op].Observe(elapsed.Seconds())
 		if ce := h.logger.Check(zapcore.DebugLevel, "proxied"); ce != nil {
 			ce.Write(zap.String("region", rg.name), zap.String("op", c.op.String()), zap.String("cache", c.cache),
 				zap.Int("status", status), zap.Duration("duration", elapsed))
@@ -88,6 +79,8 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *reg
 
 	timeout, transport := h.timeout, rg.pooled.transport
 	if c.op == opSubscribe {
+		// Long polls have their own pool: they hold connections for
+		// minutes and must not crowd out the short requests.
 		timeout, transport = h.subscribeTimeout, rg.pooled.longPoll
 	}
 	ctx, cancel := context.WithTimeoutCause(r.Context(), timeout, errUpstreamTimeout)
@@ -158,6 +151,16 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *reg
 		outcome = errExcluded // the client went away
 	}
 	return status
+}
+
+// reject answers a request the region's open breaker refused. It is the
+// path every request takes while a region is down, so it stays cheap.
+func (rg *region) reject(w http.ResponseWriter, c *call, wait time.Duration) int {
+	rg.metrics.rejections.Inc()
+	c.breakerState = "open"
+	secs := strconv.FormatInt(retryAfterSeconds(wait), 10)
+	w.Header()["Retry-After"] = []string{secs}
+	return writeRefusal(w, &refusal{status: http.StatusServiceUnavailable, msg: rg.rejectMsg + secs + " s"})
 }
 
 // roundTripFailed answers a request whose upstream exchange failed before

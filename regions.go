@@ -253,6 +253,9 @@ type region struct {
 
 	pooled  *pooledRegion
 	poolKey string
+	metrics *regionMetrics
+	// rejectMsg starts the 503 body while the breaker is open.
+	rejectMsg string
 }
 
 // resolveRegion resolves the region's placeholders and works out its
@@ -311,6 +314,8 @@ func resolveRegion(rc RegionConfig, repl *caddy.Replacer) (*region, error) {
 		return nil, fmt.Errorf("region %q: %v", rc.Name, err)
 	}
 	rg.scheme, rg.host, rg.basePath = u.Scheme, u.Host, u.Path
+	rg.metrics = newRegionMetrics(rg.name)
+	rg.rejectMsg = "region " + rg.name + " is unavailable: its circuit breaker is open after repeated failures; retry in "
 	return rg, nil
 }
 
@@ -360,7 +365,7 @@ func (rg *region) attach(cfg BreakerConfig, logger *zap.Logger) error {
 			endpoint:  rg.endpoint,
 			breaker:   newBreaker(rg.name, cfg, logger),
 			transport: newTransport(),
-			longPoll:  newLongPollTransport(),
+			longPoll:  newTransport(),
 		}, nil
 	})
 	if err != nil {

@@ -22,6 +22,8 @@ const (
 	opSubscribe
 	// opOptions is a CORS preflight (or a plain OPTIONS) on an API path.
 	opOptions
+	// opCount bounds the ops, for tables indexed by op.
+	opCount
 )
 
 // String is the operation's name as users write it in config and see it in
