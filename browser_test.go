@@ -66,15 +66,7 @@ func startReadmeBrowserGateway(t *testing.T, pageOrigin string) *browserSetup {
 			}
 			site = strings.Replace(site, old, repl, 1)
 		}
-		return fmt.Sprintf(`{
-	admin off
-	persist_config off
-	log {
-		output file %s
-		level DEBUG
-	}
-}
-%s
+		return globalOptions("off", logPath) + fmt.Sprintf(`%s
 http://127.0.0.1:%d {
 	bind 127.0.0.1
 	momento {
@@ -92,7 +84,7 @@ http://127.0.0.1:%d {
 		}
 	}
 }
-`, logPath, site, publicPort, up.URL, pageOrigin)
+`, site, publicPort, up.URL, pageOrigin)
 	})
 	return bs
 }

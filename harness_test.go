@@ -107,15 +107,7 @@ func startGateway(t *testing.T, directives string) *gateway {
 		t.Fatal(err)
 	}
 	return runCaddyfile(t, func(port int, logPath string) string {
-		return fmt.Sprintf(`{
-	admin off
-	persist_config off
-	log {
-		output file %s
-		level DEBUG
-	}
-}
-:%d {
+		return globalOptions("off", logPath) + fmt.Sprintf(`:%d {
 	bind 127.0.0.1
 	log {
 		output file %s
@@ -125,8 +117,15 @@ func startGateway(t *testing.T, directives string) *gateway {
 		root %s
 	}
 }
-`, logPath, port, logPath, directives, dir)
+`, port, logPath, directives, dir)
 	})
+}
+
+// globalOptions is the tests' global Caddyfile block: the admin endpoint
+// ("off" or an address), no autosave, and Caddy's logs at debug level in a
+// file the test reads.
+func globalOptions(admin, logPath string) string {
+	return fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tlog {\n\t\toutput file %s\n\t\tlevel DEBUG\n\t}\n}\n", admin, logPath)
 }
 
 // runCaddyfile loads the Caddyfile that site returns for a free port and a

@@ -25,15 +25,7 @@ func TestTokenNeverLeaks(t *testing.T) {
 	adminPort := freePort(t)
 	var cf string
 	g := runCaddyfile(t, func(port int, logPath string) string {
-		cf = fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	persist_config off
-	log {
-		output file %s
-		level DEBUG
-	}
-}
-:%d {
+		cf = globalOptions(fmt.Sprintf("127.0.0.1:%d", adminPort), logPath) + fmt.Sprintf(`:%d {
 	bind 127.0.0.1
 	log {
 		output file %s
@@ -65,7 +57,7 @@ func TestTokenNeverLeaks(t *testing.T) {
 		}
 	}
 }
-`, adminPort, logPath, port, logPath, up.URL, bad.URL, refusedURL(t))
+`, port, logPath, up.URL, bad.URL, refusedURL(t))
 		return cf
 	})
 

@@ -32,19 +32,8 @@ func startOpsGateway(t *testing.T, site string) *opsGateway {
 }
 
 func (og *opsGateway) caddyfile(site string) string {
-	return fmt.Sprintf(`{
-	admin %s
-	persist_config off
-	log {
-		output file %s
-		level DEBUG
-	}
-}
-:%d {
-	bind 127.0.0.1
-%s
-}
-`, strings.TrimPrefix(og.admin, "http://"), og.logPath, og.port, site)
+	return globalOptions(strings.TrimPrefix(og.admin, "http://"), og.logPath) +
+		fmt.Sprintf(":%d {\n\tbind 127.0.0.1\n%s\n}\n", og.port, site)
 }
 
 // reload posts a new Caddyfile to the admin API's /load, as `caddy reload`
