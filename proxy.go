@@ -86,15 +86,14 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *reg
 	ctx, cancel := context.WithTimeoutCause(r.Context(), timeout, errUpstreamTimeout)
 	defer cancel()
 
-	out := &http.Request{
-		Method:     r.Method,
-		URL:        &url.URL{Scheme: rg.scheme, Host: rg.host, Path: c.upstreamPath(rg.basePath), RawQuery: c.upstreamQuery()},
-		Proto:      "HTTP/1.1",
-		ProtoMajor: 1,
-		ProtoMinor: 1,
-		Header:     http.Header{"Authorization": rg.token.authHeader()},
-		Host:       rg.host,
-	}
+	// WithContext on an empty request: the one copy it makes is the
+	// request we send (filling a request first would copy it again).
+	out := (&http.Request{}).WithContext(ctx)
+	out.Method = r.Method
+	out.URL = &url.URL{Scheme: rg.scheme, Host: rg.host, Path: c.upstreamPath(rg.basePath), RawQuery: c.upstreamQuery()}
+	out.Proto, out.ProtoMajor, out.ProtoMinor = "HTTP/1.1", 1, 1
+	out.Header = http.Header{"Authorization": rg.token.authHeader()}
+	out.Host = rg.host
 	var body *limitedBody
 	if c.op == opSet || c.op == opPublish {
 		limit := h.maxItemSize
@@ -116,7 +115,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *reg
 		}
 	}
 
-	resp, err := transport.RoundTrip(out.WithContext(ctx))
+	resp, err := transport.RoundTrip(out)
 	if err != nil {
 		status, outcome = h.roundTripFailed(w, r, ctx, err, c, body, rg)
 		return status
@@ -137,7 +136,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *reg
 		outcome = nil
 	}
 
-	readErr, writeErr := copyBody(w, resp.Body)
+	readErr, writeErr := copyBody(w, resp.Body, resp.ContentLength)
 	switch {
 	case readErr != nil:
 		// The region broke off mid-answer (or the timeout hit). The status
@@ -247,13 +246,26 @@ func hopByHop(name string) bool {
 	return false
 }
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+// Copy buffers: small answers need little, and large values stream with
+// fewer, larger reads and writes (a 1 MiB value is 8 round trips through
+// the kernel instead of 32).
+var (
+	bufPool      = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+	largeBufPool = sync.Pool{New: func() any { b := make([]byte, 128<<10); return &b }}
+)
+
+// largeBody is the size from which an answer gets a large buffer.
+const largeBody = 256 << 10
 
 // copyBody streams the answer to the client and tells a failing region
 // (readErr) from a departed client (writeErr).
-func copyBody(w io.Writer, r io.Reader) (readErr, writeErr error) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
+func copyBody(w io.Writer, r io.Reader, size int64) (readErr, writeErr error) {
+	pool := &bufPool
+	if size >= largeBody {
+		pool = &largeBufPool
+	}
+	bp := pool.Get().(*[]byte)
+	defer pool.Put(bp)
 	buf := *bp
 	for {
 		n, err := r.Read(buf)
