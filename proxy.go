@@ -109,9 +109,16 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *reg
 			out.ContentLength = r.ContentLength // -1 streams chunked
 			// The transport does not return until it stops reading the
 			// body, and a stalled client would hold it forever: when the
-			// exchange ends early, end the pending read too.
+			// exchange ends while the body is still arriving, end the
+			// pending read too (the connection is then closed after the
+			// answer: its read deadline has passed).
 			rc := http.NewResponseController(w)
-			defer context.AfterFunc(ctx, func() { _ = rc.SetReadDeadline(time.Now()) })()
+			defer context.AfterFunc(ctx, func() {
+				if body.state.Load() == bodyReading {
+					body.cutOff.Store(true)
+					_ = rc.SetReadDeadline(time.Now())
+				}
+			})()
 		}
 	}
 
@@ -167,6 +174,9 @@ func (rg *region) reject(w http.ResponseWriter, c *call, wait time.Duration) int
 // to blame. The order matters: our timeout is checked before a departed
 // client, because ending a stalled upload also ends the client's context.
 func (h *Handler) roundTripFailed(w http.ResponseWriter, r *http.Request, ctx context.Context, err error, c *call, body *limitedBody, rg *region) (int, error) {
+	if body != nil && body.cutOff.Load() {
+		w.Header().Set("Connection", "close")
+	}
 	switch {
 	case body != nil && body.state.Load() == bodyTooLarge:
 		if c.op == opPublish {
@@ -184,9 +194,7 @@ func (h *Handler) roundTripFailed(w http.ResponseWriter, r *http.Request, ctx co
 		return http.StatusOK, errExcluded
 	case errors.Is(context.Cause(ctx), errUpstreamTimeout):
 		if body != nil && body.state.Load() != bodyComplete {
-			// The client stalled mid-upload (its pending read was ended
-			// when the timeout hit); its connection cannot be reused.
-			w.Header().Set("Connection", "close")
+			// The client stalled mid-upload.
 			return writeRefusal(w, refuse(http.StatusRequestTimeout, fmt.Sprintf(
 				"the value did not arrive within %s; nothing was stored", h.timeout))), errExcluded
 		}
@@ -299,6 +307,9 @@ type limitedBody struct {
 	limit int64
 	n     int64
 	state atomic.Int32
+	// cutOff is set when the client's pending read was ended by a past
+	// read deadline: its connection must not be reused.
+	cutOff atomic.Bool
 }
 
 func (b *limitedBody) Read(p []byte) (int, error) {
