@@ -289,17 +289,27 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) bool {
 	return true
 }
 
+// admit parses the query and checks the token, the start of every API
+// request; on a problem it answers and returns false.
+func (h *Handler) admit(w http.ResponseWriter, r *http.Request) (query, bool) {
+	q, problem := parseQuery(r.URL.RawQuery)
+	if problem != "" {
+		writeError(w, http.StatusBadRequest, problem)
+		return q, false
+	}
+	if status, problem := h.authorize(r, &q); status != 0 {
+		writeError(w, status, problem)
+		return q, false
+	}
+	return q, true
+}
+
 // serveCache answers GET, PUT and DELETE on /cache/{cache}. Errors are
 // written here as plain text rather than returned, because Caddy without
 // handle_errors would answer them with an empty body.
 func (h *Handler) serveCache(w http.ResponseWriter, r *http.Request, cache string) {
-	q, problem := parseQuery(r.URL.RawQuery)
-	if problem != "" {
-		writeError(w, http.StatusBadRequest, problem)
-		return
-	}
-	if status, problem := h.authorize(r, &q); status != 0 {
-		writeError(w, status, problem)
+	q, ok := h.admit(w, r)
+	if !ok {
 		return
 	}
 	switch r.Method {

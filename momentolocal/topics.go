@@ -39,13 +39,8 @@ var errClosed = errors.New("momento_local is shutting down")
 // serveTopic answers POST (publish) and GET (subscribe) on
 // /topics/{cache}/{topic}; path is what follows /topics/.
 func (h *Handler) serveTopic(w http.ResponseWriter, r *http.Request, path string) {
-	q, problem := parseQuery(r.URL.RawQuery)
-	if problem != "" {
-		writeError(w, http.StatusBadRequest, problem)
-		return
-	}
-	if status, problem := h.authorize(r, &q); status != 0 {
-		writeError(w, status, problem)
+	q, ok := h.admit(w, r)
+	if !ok {
 		return
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodPost {
@@ -68,6 +63,7 @@ func (h *Handler) serveTopic(w http.ResponseWriter, r *http.Request, path string
 	}
 	var from, page uint64
 	var binary bool
+	var problem string
 	if r.Method == http.MethodGet {
 		if from, problem = wholeNumber("sequence_number", q.sequenceNumber, q.hasSeqNumber); problem == "" {
 			page, problem = wholeNumber("sequence_page", q.sequencePage, q.hasSeqPage)
