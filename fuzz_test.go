@@ -139,8 +139,8 @@ func FuzzKeyPrefix(f *testing.F) {
 	f.Add("app/{http.auth.user.id}/", "", "k", false)
 	f.Add("static-", "bob", "\x00\xff", true)
 	f.Fuzz(func(t *testing.T, template, user, key string, b64 bool) {
-		if key == "" || strings.Count(template, "{") > 4 {
-			return
+		if key == "" || template == "" || strings.Count(template, "{") > 4 {
+			return // no key_prefix configured: nothing to apply
 		}
 		pt := compilePrefix("key_prefix", template)
 		repl := caddy.NewReplacer()
