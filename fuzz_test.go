@@ -217,8 +217,9 @@ func FuzzCaddyfile(f *testing.F) {
 					depth--
 				}
 				firstOnLine := i > 0 && tokens[i-1].Line != tokens[i].Line
+				// (A placeholder such as {env.X} names a secret; it is not one.)
 				if secret := tokens[i+1].Text; tokens[i].Text == "token" && firstOnLine && depth > 0 &&
-					len(secret) >= 8 && strings.Contains(err.Error(), secret) {
+					len(secret) >= 8 && !strings.Contains(secret, "{") && strings.Contains(err.Error(), secret) {
 					t.Fatalf("error shows a token: %v", err)
 				}
 			}
