@@ -100,6 +100,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			pos := at(d)
 			regionAt[rc.Name] = pos
+			rc.DefinedAt = fmt.Sprintf("%s:%d", pos.file, pos.line)
 			if d.NextArg() {
 				return d.ArgErr()
 			}

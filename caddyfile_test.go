@@ -134,7 +134,8 @@ func TestCaddyfileErrors(t *testing.T) {
 	}
 }
 
-// Errors that depend on placeholder values surface when the config loads.
+// Errors that depend on placeholder values surface when the config loads,
+// and still name the Caddyfile line of the region.
 func TestLoadErrors(t *testing.T) {
 	t.Setenv("MOMENTO_TEST_EMPTY", "")
 	t.Setenv("MOMENTO_TEST_V1", testV1Token)
@@ -145,15 +146,15 @@ func TestLoadErrors(t *testing.T) {
 		want  []string
 	}{
 		{"missing env var", "momento {\n region us-east-1 {\n token {env.MOMENTO_TEST_UNSET_VAR}\n }\n}",
-			[]string{`region "us-east-1": token`, "{env.MOMENTO_TEST_UNSET_VAR} is empty"}},
+			[]string{`region "us-east-1": token`, "{env.MOMENTO_TEST_UNSET_VAR} is empty", "at Caddyfile:8"}},
 		{"empty env var", "momento {\n region us-east-1 {\n token {env.MOMENTO_TEST_EMPTY}\n }\n}",
-			[]string{`region "us-east-1": token`, "{env.MOMENTO_TEST_EMPTY} is empty"}},
+			[]string{`region "us-east-1": token`, "{env.MOMENTO_TEST_EMPTY} is empty", "at Caddyfile:8"}},
 		{"missing secret file", "momento {\n region us-east-1 {\n token {file./nonexistent/momento-token}\n }\n}",
-			[]string{`region "us-east-1": token`}},
+			[]string{`region "us-east-1": token`, "at Caddyfile:8"}},
 		{"v1 token for another region", "momento {\n region eu-west-1 {\n token {env.MOMENTO_TEST_V1}\n }\n}",
-			[]string{`region "eu-west-1"`, "cell-1-eu-west-1-1", "disagrees with", "cell-4-us-west-2-1", "fingerprint"}},
+			[]string{`region "eu-west-1"`, "cell-1-eu-west-1-1", "disagrees with", "cell-4-us-west-2-1", "fingerprint", "at Caddyfile:8"}},
 		{"v2 token, custom region, no endpoint", "momento {\n region edge {\n token {env.MOMENTO_TEST_V2}\n }\n}",
-			[]string{`region "edge" is not one of Momento's regions`, "v2 token names no endpoint"}},
+			[]string{`region "edge" is not one of Momento's regions`, "v2 token names no endpoint", "at Caddyfile:8"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

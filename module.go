@@ -139,6 +139,11 @@ type RegionConfig struct {
 	// when the config loads, so the secret never appears in the config that
 	// `caddy adapt` prints or the admin API serves.
 	Token string `json:"token,omitempty"`
+
+	// Where the region is defined, e.g. "Caddyfile:12". The Caddyfile
+	// adapter sets it so that errors found only when the config loads (an
+	// unset {env.*} token, a token for another region) name the line too.
+	DefinedAt string `json:"defined_at,omitempty"`
 }
 
 type compiledRoute struct {
@@ -216,6 +221,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	for _, rc := range h.Regions {
 		rg, err := resolveRegion(rc, repl)
 		if err != nil {
+			if rc.DefinedAt != "" {
+				return fmt.Errorf("momento: %w, at %s", err, rc.DefinedAt)
+			}
 			return fmt.Errorf("momento: %w", err)
 		}
 		if err := rg.attach(breakerCfg, h.logger); err != nil {
