@@ -549,3 +549,36 @@ func TestUpstreamAnswersPassUnchanged(t *testing.T) {
 		t.Fatalf("got %d %q; want the backend's 401", r.status, r.body)
 	}
 }
+
+// A client that leaves in the middle of a long answer is not the region's
+// failure, whichever side notices first.
+func TestClientLeavingMidAnswerIsNotAFailure(t *testing.T) {
+	upstreamDone := make(chan struct{}, 1)
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() { upstreamDone <- struct{}{} }()
+		w.Header().Set("Content-Length", "1000000")
+		_, _ = w.Write(make([]byte, 64<<10))
+		w.(http.Flusher).Flush()
+		<-r.Context().Done() // the rest never comes: the client leaves first
+	}))
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\ttimeout 1m\n\t\tbreaker {\n\t\t\tfailures 1\n\t\t}\n\t}")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, g.base+"/cache/c?key=k", nil)
+	resp, err := g.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, 1024)); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	resp.Body.Close()
+	<-upstreamDone // the gateway cancelled its upstream call
+
+	b := pooledBreaker(t, "r", up.URL)
+	waitFor(t, func() bool { return b.counts().TotalExclusions == 1 })
+	if c := b.counts(); c.TotalFailures != 0 || b.state() != gobreaker.StateClosed {
+		t.Fatalf("a client leaving mid-answer counted against the region: %+v, %v", c, b.state())
+	}
+}

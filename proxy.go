@@ -145,6 +145,9 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call, rg *reg
 
 	readErr, writeErr := copyBody(w, resp.Body, resp.ContentLength)
 	switch {
+	case readErr != nil && r.Context().Err() != nil:
+		// The client left mid-answer, which cancelled the upstream read.
+		outcome = errExcluded
 	case readErr != nil:
 		// The region broke off mid-answer (or the timeout hit). The status
 		// is already sent: abort the connection so the client cannot
