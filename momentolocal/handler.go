@@ -289,6 +289,18 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) bool {
 	return true
 }
 
+// cacheExists answers 404 Cache Not Found, as Momento does, for a cache
+// outside the configured list.
+func (h *Handler) cacheExists(w http.ResponseWriter, cache string) bool {
+	if h.caches != nil {
+		if _, ok := h.caches[cache]; !ok {
+			writeError(w, http.StatusNotFound, "Cache Not Found")
+			return false
+		}
+	}
+	return true
+}
+
 // admit parses the query and checks the token, the start of every API
 // request; on a problem it answers and returns false.
 func (h *Handler) admit(w http.ResponseWriter, r *http.Request) (query, bool) {
@@ -335,11 +347,8 @@ func (h *Handler) serveCache(w http.ResponseWriter, r *http.Request, cache strin
 			return
 		}
 	}
-	if h.caches != nil {
-		if _, ok := h.caches[cache]; !ok {
-			writeError(w, http.StatusNotFound, "Cache Not Found")
-			return
-		}
+	if !h.cacheExists(w, cache) {
+		return
 	}
 
 	switch r.Method {

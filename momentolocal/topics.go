@@ -75,11 +75,8 @@ func (h *Handler) serveTopic(w http.ResponseWriter, r *http.Request, path string
 		writeError(w, http.StatusBadRequest, problem)
 		return
 	}
-	if h.caches != nil {
-		if _, ok := h.caches[cache]; !ok {
-			writeError(w, http.StatusNotFound, "Cache Not Found")
-			return
-		}
+	if !h.cacheExists(w, cache) {
+		return
 	}
 
 	if r.Method == http.MethodPost {
