@@ -77,7 +77,7 @@ type Handler struct {
 	// Caddy placeholders are expanded per request, e.g.
 	// "{http.auth.user.id}:" gives each signed-in user a private key space
 	// behind basic_auth or any auth handler. Placeholder values are
-	// percent-encoded (all but letters, digits and -._~@) so one user's id
+	// query-escaped (all but letters, digits and -._~ are percent-encoded) so one user's id
 	// cannot reach into another's namespace; a placeholder that is empty for
 	// a request (no signed-in user) refuses the request with 403. For
 	// key_base64 the prefix is added to the decoded bytes.

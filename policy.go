@@ -159,8 +159,8 @@ func compilePrefix(directive, template string) *prefixTemplate {
 }
 
 // expand returns the prefix for this request. Placeholder values are
-// percent-encoded (all but letters, digits and -._~@), so they can never
-// contain the template's own separators: one user's id cannot reach into
+// query-escaped (all but letters, digits and -._~ are percent-encoded, a
+// space becomes +), so they can never contain the template's own separators: one user's id cannot reach into
 // another user's namespace. A placeholder that is unknown or empty for this
 // request (typically: no authenticated user) refuses the request; it never
 // falls back to the shared namespace.
@@ -179,7 +179,7 @@ func (pt *prefixTemplate) expand(r *http.Request) (string, *refusal) {
 			empty = name
 			return nil, errEmptyPlaceholder
 		}
-		return escapePrefixValue(s), nil
+		return url.QueryEscape(s), nil
 	})
 	if err != nil {
 		what := "a placeholder"
@@ -230,34 +230,3 @@ func (pt *prefixTemplate) applyTopic(c *call, r *http.Request) *refusal {
 }
 
 var errEmptyPlaceholder = fmt.Errorf("empty placeholder in key_prefix")
-
-// escapePrefixValue percent-encodes everything but an unreserved set, so
-// that a value cannot forge the template's separators.
-func escapePrefixValue(s string) string {
-	safe := func(b byte) bool {
-		return 'a' <= b && b <= 'z' || 'A' <= b && b <= 'Z' || '0' <= b && b <= '9' ||
-			b == '-' || b == '.' || b == '_' || b == '~' || b == '@'
-	}
-	n := 0
-	for i := 0; i < len(s); i++ {
-		if !safe(s[i]) {
-			n++
-		}
-	}
-	if n == 0 {
-		return s
-	}
-	const hex = "0123456789ABCDEF"
-	var b strings.Builder
-	b.Grow(len(s) + 2*n)
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; safe(c) {
-			b.WriteByte(c)
-		} else {
-			b.WriteByte('%')
-			b.WriteByte(hex[c>>4])
-			b.WriteByte(hex[c&15])
-		}
-	}
-	return b.String()
-}
