@@ -105,8 +105,10 @@ var (
 type breaker struct {
 	region string
 
-	mu       sync.Mutex // guards cb and settings replacement
-	cb       *gobreaker.TwoStepCircuitBreaker[struct{}]
+	mu sync.Mutex // serializes replacing cb and settings
+	// cb is read on every request without a lock; configure and reset
+	// replace it whole.
+	cb       atomic.Pointer[gobreaker.TwoStepCircuitBreaker[struct{}]]
 	settings BreakerConfig
 
 	// Read by gobreaker callbacks, which run under gobreaker's own lock.
@@ -142,14 +144,14 @@ func (b *breaker) configure(cfg BreakerConfig) {
 
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	old := b.cb
+	old := b.cb.Load()
 	if old != nil && b.settings.Window == cfg.Window && b.settings.OpenFor == cfg.OpenFor &&
 		b.settings.HalfOpenRequests == cfg.HalfOpenRequests {
 		b.settings = cfg
 		return
 	}
 	b.settings = cfg
-	b.cb = b.newCircuitBreaker()
+	b.cb.Store(b.newCircuitBreaker())
 	if old != nil && old.State() != gobreaker.StateClosed {
 		b.trip()
 	}
@@ -174,8 +176,8 @@ func (b *breaker) newCircuitBreaker() *gobreaker.TwoStepCircuitBreaker[struct{}]
 func (b *breaker) reset() gobreaker.State {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	from := b.cb.State()
-	b.cb = b.newCircuitBreaker()
+	from := b.cb.Load().State()
+	b.cb.Store(b.newCircuitBreaker())
 	if from != gobreaker.StateClosed {
 		b.onStateChange(b.region, from, gobreaker.StateClosed)
 	}
@@ -187,7 +189,7 @@ func (b *breaker) reset() gobreaker.State {
 func (b *breaker) trip() {
 	b.forceOpen.Store(true)
 	defer b.forceOpen.Store(false)
-	if done, err := b.cb.Allow(); err == nil {
+	if done, err := b.cb.Load().Allow(); err == nil {
 		done(errForcedOpen)
 	}
 }
@@ -219,9 +221,7 @@ func (b *breaker) onStateChange(name string, from, to gobreaker.State) {
 
 // current returns the gobreaker in force.
 func (b *breaker) current() *gobreaker.TwoStepCircuitBreaker[struct{}] {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.cb
+	return b.cb.Load()
 }
 
 // allow asks whether a request may go to the region. On refusal it returns
