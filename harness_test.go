@@ -1,6 +1,8 @@
 package momento
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +19,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	"github.com/quic-go/quic-go/http3"
 
 	"github.com/momento-gateway/caddy-momento/momentolocal"
 )
@@ -95,6 +98,8 @@ type gateway struct {
 	base    string
 	logPath string
 	client  *http.Client
+	// roots trusts a TLS gateway's internal CA (nil for plain HTTP).
+	roots *x509.CertPool
 }
 
 // startGateway loads a Caddyfile whose site holds the given directives
@@ -146,6 +151,86 @@ func runCaddyfile(t *testing.T, site func(port int, logPath string) string) *gat
 		logPath: logPath,
 		client:  &http.Client{Timeout: 30 * time.Second},
 	}
+}
+
+// protocols are the HTTP versions a browser may use to reach Caddy.
+var protocols = []string{"h1", "h2", "h3"}
+
+// startGatewayTLS is startGateway on https:// with Caddy's own internal CA
+// (never installed into the system trust store), serving HTTP/1.1, HTTP/2
+// and HTTP/3 as Caddy does in production. g.client speaks proto ("h1",
+// "h2" or "h3") and trusts only that CA; g.clientFor gives the others.
+func startGatewayTLS(t *testing.T, proto, directives string) *gateway {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "index.html"), []byte("next handler"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	storage := t.TempDir()
+	g := runCaddyfile(t, func(port int, logPath string) string {
+		return strings.Replace(globalOptions("off", logPath), "{\n", fmt.Sprintf(
+			"{\n\tskip_install_trust\n\tstorage file_system %s\n\tauto_https disable_redirects\n", storage), 1) +
+			fmt.Sprintf(`https://127.0.0.1:%d {
+	bind 127.0.0.1
+	tls internal
+	log {
+		output file %s
+	}
+%s
+	file_server {
+		root %s
+	}
+}
+`, port, logPath, directives, dir)
+	})
+	g.base = strings.Replace(g.base, "http://", "https://", 1)
+	root, err := os.ReadFile(filepath.Join(storage, "pki", "authorities", "local", "root.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.roots = x509.NewCertPool()
+	if !g.roots.AppendCertsFromPEM(root) {
+		t.Fatal("Caddy's internal root certificate is not PEM")
+	}
+	// Caddy obtains its certificate in the background after loading, and
+	// offers no signal a test can wait on: wait until a handshake verifies.
+	addr := strings.TrimPrefix(g.base, "https://")
+	waitFor(t, func() bool {
+		conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: g.roots})
+		if err != nil {
+			return false
+		}
+		conn.Close()
+		return true
+	})
+	g.client = g.clientFor(proto)
+	return g
+}
+
+// clientFor is a client of a TLS gateway that speaks only proto.
+func (g *gateway) clientFor(proto string) *http.Client {
+	g.t.Helper()
+	tlsConf := &tls.Config{RootCAs: g.roots}
+	var rt http.RoundTripper
+	switch proto {
+	case "h1":
+		tr := &http.Transport{TLSClientConfig: tlsConf}
+		tr.Protocols = new(http.Protocols)
+		tr.Protocols.SetHTTP1(true)
+		rt = tr
+	case "h2":
+		tr := &http.Transport{TLSClientConfig: tlsConf}
+		tr.Protocols = new(http.Protocols)
+		tr.Protocols.SetHTTP2(true)
+		rt = tr
+	case "h3":
+		tr := &http3.Transport{TLSClientConfig: tlsConf}
+		g.t.Cleanup(func() { _ = tr.Close() })
+		rt = tr
+	default:
+		g.t.Fatalf("unknown protocol %q", proto)
+	}
+	return &http.Client{Transport: rt, Timeout: 30 * time.Second}
 }
 
 // loadError loads a Caddyfile and returns the error Caddy gives.
