@@ -22,9 +22,9 @@ func init() {
 //	GET  /momento/regions              every region's endpoint, breaker state and counts
 //	POST /momento/regions/<name>/reset close a region's breaker by hand
 //
-// It reads the same pooled region state the handlers use, so what it shows
-// survives config reloads exactly as the breakers do. Tokens are shown as
-// their kind and fingerprint only.
+// It reads the regions of the running config from the momento app, whose
+// breakers survive config reloads. Tokens are shown as their kind and
+// fingerprint only.
 type AdminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -39,7 +39,7 @@ func (AdminAPI) CaddyModule() caddy.ModuleInfo {
 func (AdminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: "/momento/regions", Handler: caddy.AdminHandlerFunc(listRegions)},
-		{Pattern: "/momento/regions/", Handler: caddy.AdminHandlerFunc(regionAction)},
+		{Pattern: "/momento/regions/", Handler: caddy.AdminHandlerFunc(resetRegion)},
 	}
 }
 
@@ -74,23 +74,32 @@ type BreakerCounts struct {
 	ConsecutiveFailures uint32 `json:"consecutive_failures"`
 }
 
-func statusOf(p *pooledRegion) RegionStatus {
-	st := p.breaker.state()
-	c := p.breaker.counts()
+func statusOf(rg *region) RegionStatus {
+	b := rg.state.breaker
+	st := b.state()
+	c := b.counts()
 	rs := RegionStatus{
-		Name:     p.name,
-		Endpoint: p.endpoint,
+		Name:     rg.name,
+		Endpoint: rg.endpoint,
 		State:    st.String(),
 		Counts: BreakerCounts{Requests: c.Requests, Successes: c.TotalSuccesses,
 			Failures: c.TotalFailures, ConsecutiveFailures: c.ConsecutiveFailures},
+		TokenKind:        rg.token.Kind(),
+		TokenFingerprint: rg.token.Fingerprint(),
 	}
 	if st == gobreaker.StateOpen {
-		rs.RetryAfterSeconds = retryAfterSeconds(p.breaker.retryAfter(time.Now()))
-	}
-	if f := p.facts.Load(); f != nil {
-		rs.TokenKind, rs.TokenFingerprint = f.tokenKind, f.tokenFingerprint
+		rs.RetryAfterSeconds = retryAfterSeconds(b.retryAfter(time.Now()))
 	}
 	return rs
+}
+
+// runningRegions are the regions of the running config, sorted by name.
+func runningRegions() []*region {
+	app, ok := activeApp()
+	if !ok {
+		return nil
+	}
+	return app.regions()
 }
 
 func listRegions(w http.ResponseWriter, r *http.Request) error {
@@ -98,14 +107,14 @@ func listRegions(w http.ResponseWriter, r *http.Request) error {
 		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("use GET")}
 	}
 	out := []RegionStatus{}
-	for _, p := range pooledRegions() {
-		out = append(out, statusOf(p))
+	for _, rg := range runningRegions() {
+		out = append(out, statusOf(rg))
 	}
 	return writeJSON(w, out)
 }
 
-// regionAction serves POST /momento/regions/<name>/reset.
-func regionAction(w http.ResponseWriter, r *http.Request) error {
+// resetRegion serves POST /momento/regions/<name>/reset.
+func resetRegion(w http.ResponseWriter, r *http.Request) error {
 	name, action, ok := strings.Cut(strings.TrimPrefix(r.URL.Path, "/momento/regions/"), "/")
 	if !ok || action != "reset" || name == "" {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("unknown path: use POST /momento/regions/<name>/reset")}
@@ -113,12 +122,13 @@ func regionAction(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodPost {
 		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("use POST to reset a breaker")}
 	}
-	for _, p := range pooledRegions() {
-		if p.name == name {
-			from := p.breaker.reset()
-			p.breaker.logger.Load().Info("circuit breaker reset through the admin API",
+	for _, rg := range runningRegions() {
+		if rg.name == name {
+			b := rg.state.breaker
+			from := b.reset()
+			b.logger.Load().Info("circuit breaker reset through the admin API",
 				zap.String("region", name), zap.String("was", from.String()))
-			return writeJSON(w, statusOf(p))
+			return writeJSON(w, statusOf(rg))
 		}
 	}
 	return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("region %q is not configured", name)}

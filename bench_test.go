@@ -31,9 +31,9 @@ func BenchmarkParseAndRoute(b *testing.B) {
 	r := benchRequest(b, http.MethodGet, "/cache/demo?key=hello")
 	b.ReportAllocs()
 	for b.Loop() {
-		c, rf := parseCall(r)
-		if rf != nil {
-			b.Fatal(rf.msg)
+		c, _ := parseCall(r)
+		if c.refusal != nil {
+			b.Fatal(c.refusal.msg)
 		}
 		if rf := h.checkCall(c, r); rf != nil {
 			b.Fatal(rf.msg)
@@ -103,7 +103,7 @@ func BenchmarkHandler(b *testing.B) {
 // breaker refuses.
 func BenchmarkBreakerOpen(b *testing.B) {
 	h := provisionHandler(b, Handler{Regions: []RegionConfig{{Name: "bench-open", Endpoint: "http://127.0.0.1:1", Token: "t"}}})
-	h.regions[0].pooled.breaker.trip()
+	h.regions[0].state.breaker.trip()
 	b.ReportAllocs()
 	for b.Loop() {
 		w := &discardWriter{header: http.Header{}}

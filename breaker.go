@@ -1,8 +1,8 @@
 package momento
 
 import (
+	"cmp"
 	"errors"
-	"fmt"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -59,33 +59,27 @@ func (c *BreakerConfig) withDefaults() BreakerConfig {
 	if c != nil {
 		out = *c
 	}
-	if out.Failures == 0 {
-		out.Failures = defaultFailures
-	}
-	if out.MinRequests == 0 {
-		out.MinRequests = defaultMinRequests
-	}
-	if out.Window == 0 {
-		out.Window = caddy.Duration(defaultWindow)
-	}
-	if out.OpenFor == 0 {
-		out.OpenFor = caddy.Duration(defaultOpenFor)
-	}
-	if out.HalfOpenRequests == 0 {
-		out.HalfOpenRequests = defaultHalfOpenRequests
-	}
+	out.Failures = cmp.Or(out.Failures, defaultFailures)
+	out.MinRequests = cmp.Or(out.MinRequests, defaultMinRequests)
+	out.Window = cmp.Or(out.Window, caddy.Duration(defaultWindow))
+	out.OpenFor = cmp.Or(out.OpenFor, caddy.Duration(defaultOpenFor))
+	out.HalfOpenRequests = cmp.Or(out.HalfOpenRequests, defaultHalfOpenRequests)
 	return out
 }
 
-// validate reports the first setting that is out of range.
-func (c BreakerConfig) validate() error {
+// validate reports the first setting that is out of range, naming it as
+// the config does under prefix (e.g. "breaker").
+func (c *BreakerConfig) validate(prefix string) error {
+	if c == nil {
+		return nil
+	}
 	switch {
 	case math.IsNaN(c.FailureRatio) || c.FailureRatio < 0 || c.FailureRatio > 1:
-		return fmt.Errorf("breaker failure_ratio %v must be between 0 and 1", c.FailureRatio)
+		return fieldErrorf(prefix+".failure_ratio", "breaker failure_ratio %v must be between 0 and 1", c.FailureRatio)
 	case c.Window < 0:
-		return fmt.Errorf("breaker window %s must be positive", time.Duration(c.Window))
+		return fieldErrorf(prefix+".window", "breaker window %s must be positive", time.Duration(c.Window))
 	case c.OpenFor < 0:
-		return fmt.Errorf("breaker open_for %s must be positive", time.Duration(c.OpenFor))
+		return fieldErrorf(prefix+".open_for", "breaker open_for %s must be positive", time.Duration(c.OpenFor))
 	}
 	return nil
 }
@@ -219,15 +213,10 @@ func (b *breaker) onStateChange(name string, from, to gobreaker.State) {
 	b.logger.Load().Warn("circuit breaker state changed", fields...)
 }
 
-// current returns the gobreaker in force.
-func (b *breaker) current() *gobreaker.TwoStepCircuitBreaker[struct{}] {
-	return b.cb.Load()
-}
-
 // allow asks whether a request may go to the region. On refusal it returns
 // how long until probing resumes.
 func (b *breaker) allow() (done func(error), retryAfter time.Duration, ok bool) {
-	done, err := b.current().Allow()
+	done, err := b.cb.Load().Allow()
 	if err != nil {
 		return nil, b.retryAfter(time.Now()), false
 	}
@@ -251,7 +240,7 @@ func (b *breaker) record(outcome error) {
 	if errors.Is(outcome, errExcluded) {
 		return
 	}
-	if done, err := b.current().Allow(); err == nil {
+	if done, err := b.cb.Load().Allow(); err == nil {
 		done(outcome)
 	}
 }
@@ -266,14 +255,8 @@ func (b *breaker) retryAfter(now time.Time) time.Duration {
 	return left
 }
 
-// retryAfterSeconds rounds up, so a client that waits that long finds the
-// breaker half-open.
-func retryAfterSeconds(d time.Duration) int64 {
-	return int64((d + time.Second - 1) / time.Second)
-}
-
 // state is the breaker's current state.
-func (b *breaker) state() gobreaker.State { return b.current().State() }
+func (b *breaker) state() gobreaker.State { return b.cb.Load().State() }
 
 // counts are the breaker's counts in the current window or state.
-func (b *breaker) counts() gobreaker.Counts { return b.current().Counts() }
+func (b *breaker) counts() gobreaker.Counts { return b.cb.Load().Counts() }

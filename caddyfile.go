@@ -1,12 +1,14 @@
 package momento
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -18,25 +20,61 @@ func init() {
 	// Before reverse_proxy (and so before file_server): the gateway answers
 	// its API paths and hands everything else on, with no `order` line.
 	httpcaddyfile.RegisterDirectiveOrder("momento", httpcaddyfile.Before, "reverse_proxy")
+	httpcaddyfile.RegisterGlobalOption("momento", parseGlobalOption)
 }
 
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	m := new(Handler)
+	// Regions of the global options, so references to them can be checked
+	// now, with their line.
+	m.appRegions = []string{}
+	if opt, ok := h.Option("momento").(httpcaddyfile.App); ok {
+		var app App
+		if err := json.Unmarshal(opt.Value, &app); err != nil {
+			return nil, err
+		}
+		for _, rc := range app.Regions {
+			m.appRegions = append(m.appRegions, rc.Name)
+		}
+	}
 	err := m.UnmarshalCaddyfile(h.Dispenser)
 	return m, err
 }
 
-// position is where a directive stood, for errors found after the block
-// is read (a route may name a region defined further down).
-type position struct {
-	file string
-	line int
-}
-
-func at(d *caddyfile.Dispenser) position { return position{d.File(), d.Line()} }
-
-func (p position) errorf(format string, args ...any) error {
-	return fmt.Errorf("%s, at %s:%d", fmt.Sprintf(format, args...), p.file, p.line)
+// parseGlobalOption reads the global `momento` options, the momento app:
+//
+//	{
+//		momento {
+//			region <name> {
+//				endpoint <url>
+//				token    <token>
+//				breaker { … }
+//			}
+//		}
+//	}
+func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
+	app := new(App)
+	d.Next() // the option's name
+	b := newBlock(d)
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "region":
+			rc, err := b.region(fmt.Sprintf("regions[%d]", len(app.Regions)))
+			if err != nil {
+				return nil, err
+			}
+			app.Regions = append(app.Regions, rc)
+		default:
+			return nil, d.Errf("unknown subdirective %q in the global momento options (expected region)", d.Val())
+		}
+	}
+	if err := b.explain(app.Validate()); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "momento", Value: caddyconfig.JSON(app, nil)}, nil
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens:
@@ -45,7 +83,9 @@ func (p position) errorf(format string, args ...any) error {
 //		region <name> {
 //			endpoint <url>
 //			token    <token>
+//			breaker { … }
 //		}
+//		region <name>            # a region of the global momento options
 //		default_region <name>
 //		route <cache-glob> <region-name>
 //		client_token strip|reject
@@ -78,237 +118,237 @@ func (p position) errorf(format string, args ...any) error {
 //		}
 //	}
 //
-// Errors carry the file and line of the offending token.
+// It reads the syntax; Validate checks the meaning, and its errors get the
+// file and line of the subdirective they are about.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
+	b := newBlock(d)
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	var routeAt []position
-	var defaultAt position
-	regionAt := map[string]position{}
-
 	for d.NextBlock(0) {
-		switch d.Val() {
+		var err error
+		switch name := d.Val(); name {
 		case "region":
-			if !d.NextArg() {
-				return d.ArgErr()
+			var rc RegionConfig
+			if rc, err = b.region(fmt.Sprintf("regions[%d]", len(h.Regions))); err == nil {
+				h.Regions = append(h.Regions, rc)
 			}
-			rc := RegionConfig{Name: d.Val()}
-			if prev, dup := regionAt[rc.Name]; dup {
-				return d.Errf("region %q is configured twice (first at %s:%d)", rc.Name, prev.file, prev.line)
-			}
-			pos := at(d)
-			regionAt[rc.Name] = pos
-			rc.DefinedAt = fmt.Sprintf("%s:%d", pos.file, pos.line)
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			for d.NextBlock(1) {
-				switch d.Val() {
-				case "endpoint":
-					v, err := oneArg(d)
-					if err != nil {
-						return err
-					}
-					if !strings.Contains(v, "{") {
-						if _, err := normalizeEndpoint(v); err != nil {
-							return d.Errf("region %q: %v", rc.Name, err)
-						}
-					}
-					rc.Endpoint = v
-				case "token":
-					v, err := oneArg(d)
-					if err != nil {
-						return err
-					}
-					rc.Token = v
-				default:
-					return d.Errf("unknown subdirective %q in region %q (expected endpoint or token)", d.Val(), rc.Name)
-				}
-			}
-			if err := checkRegionLiterals(rc); err != nil {
-				return pos.errorf("%v", err)
-			}
-			h.Regions = append(h.Regions, rc)
-
-		case "default_region":
-			v, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			h.DefaultRegion, defaultAt = v, at(d)
-
 		case "route":
+			b.at(fmt.Sprintf("routes[%d]", len(h.Routes)))
 			args := d.RemainingArgs()
 			if len(args) != 2 {
 				return d.Errf("route takes a cache glob and a region name, e.g. `route sessions-* eu-west-1`")
 			}
-			if msg := checkGlob(args[0]); msg != "" {
-				return d.Err(msg)
-			}
 			h.Routes = append(h.Routes, Route{Cache: args[0], Region: args[1]})
-			routeAt = append(routeAt, at(d))
-
+		case "default_region":
+			err = b.stringArg(name, &h.DefaultRegion)
 		case "client_token":
-			v, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			if v != clientTokenStrip && v != clientTokenReject {
-				return d.Errf("client_token %q: use strip or reject", v)
-			}
-			h.ClientToken = v
-
-		case "timeout":
-			dur, err := durationArg(d)
-			if err != nil {
-				return err
-			}
-			h.Timeout = dur
-
-		case "max_item_size":
-			v, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			size, err := humanize.ParseBytes(v)
-			if err != nil || size == 0 || size > 1<<40 {
-				return d.Errf("max_item_size %q: give a positive size such as 5MiB or 1048576", v)
-			}
-			h.MaxItemSize = int64(size)
-
-		case "breaker":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			if h.Breaker == nil {
-				h.Breaker = new(BreakerConfig)
-			}
-			if err := h.Breaker.unmarshalCaddyfile(d); err != nil {
-				return err
-			}
-
-		case "allow":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			if h.Allow == nil {
-				h.Allow = new(AllowPolicy)
-			}
-			if err := h.Allow.unmarshalCaddyfile(d); err != nil {
-				return err
-			}
-
+			err = b.stringArg(name, &h.ClientToken)
 		case "key_prefix":
-			v, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			h.KeyPrefix = v
-
+			err = b.stringArg(name, &h.KeyPrefix)
 		case "topic_prefix":
-			v, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			if strings.Contains(v, "/") {
-				return d.Errf("topic_prefix %q must not contain '/': topic names cannot", v)
-			}
-			h.TopicPrefix = v
-
-		case "max_key_size":
-			v, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			size, err := humanize.ParseBytes(v)
-			if err != nil || size == 0 || size > 1<<20 {
-				return d.Errf("max_key_size %q: give a positive size such as 4KiB or 1024 (at most 1MiB)", v)
-			}
-			h.MaxKeySize = int64(size)
-
-		case "max_message_size":
-			v, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			size, err := humanize.ParseBytes(v)
-			if err != nil || size == 0 || size > 1<<30 {
-				return d.Errf("max_message_size %q: give a positive size such as 4KiB or 4096", v)
-			}
-			h.MaxMessageSize = int64(size)
-
+			err = b.stringArg(name, &h.TopicPrefix)
 		case "region_header":
-			v, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			h.RegionHeader = v
-
+			err = b.stringArg(name, &h.RegionHeader)
+		case "timeout":
+			err = b.durationArg(name, &h.Timeout)
 		case "subscribe_timeout":
-			dur, err := durationArg(d)
-			if err != nil {
-				return err
+			err = b.durationArg(name, &h.SubscribeTimeout)
+		case "max_item_size":
+			err = b.sizeArg(name, &h.MaxItemSize, 1<<40, "5MiB or 1048576")
+		case "max_key_size":
+			err = b.sizeArg(name, &h.MaxKeySize, 1<<20, "4KiB or 1024")
+		case "max_message_size":
+			err = b.sizeArg(name, &h.MaxMessageSize, 1<<30, "4KiB or 4096")
+		case "breaker":
+			if err = b.once(name); err == nil {
+				h.Breaker = new(BreakerConfig)
+				err = b.breaker(name, h.Breaker)
 			}
-			h.SubscribeTimeout = dur
-
+		case "allow":
+			if err = b.once(name); err == nil {
+				h.Allow = new(AllowPolicy)
+				err = b.allow(h.Allow)
+			}
 		case "cors":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			if h.CORS == nil {
+			if err = b.once(name); err == nil {
 				h.CORS = new(CORSConfig)
+				err = b.cors(h.CORS)
 			}
-			if err := h.CORS.unmarshalCaddyfile(d); err != nil {
-				return err
-			}
-
 		default:
-			return d.Errf("unknown subdirective %q in momento (expected region, default_region, route, client_token, timeout, max_item_size, breaker, allow, key_prefix, topic_prefix, max_key_size, max_message_size, subscribe_timeout, region_header or cors)", d.Val())
+			return d.Errf("unknown subdirective %q in momento (expected region, default_region, route, client_token, timeout, max_item_size, breaker, allow, key_prefix, topic_prefix, max_key_size, max_message_size, subscribe_timeout, region_header or cors)", name)
+		}
+		if err != nil {
+			return err
 		}
 	}
+	return b.explain(h.Validate())
+}
 
-	// Cross-references, now that every region is known.
-	configured := make([]string, 0, len(h.Regions))
-	for _, rc := range h.Regions {
-		configured = append(configured, rc.Name)
+// block reads one Caddyfile block: it remembers where each subdirective
+// stood, so that errors found by Validate name its line, and refuses a
+// setting given twice.
+type block struct {
+	d *caddyfile.Dispenser
+	// start is the directive's own token.
+	start caddyfile.Token
+	// pos maps the config's field names ("timeout", "routes[2]",
+	// "regions[0].breaker.window") to the token that set them.
+	pos map[string]caddyfile.Token
+}
+
+// newBlock starts reading the directive the dispenser is on.
+func newBlock(d *caddyfile.Dispenser) *block {
+	return &block{d: d, start: d.Token(), pos: map[string]caddyfile.Token{}}
+}
+
+// at records that the current subdirective sets field.
+func (b *block) at(field string) { b.pos[field] = b.d.Token() }
+
+// once records field, refusing it if it was set before.
+func (b *block) once(field string) error {
+	if first, ok := b.pos[field]; ok {
+		return b.d.Errf("%s is given twice (first at %s:%d): keep one", b.d.Val(), first.File, first.Line)
 	}
-	if len(configured) == 0 {
-		return d.Errf("momento needs at least one region block, e.g. region us-east-1 { token {env.MOMENTO_API_KEY} }")
-	}
-	for i, rt := range h.Routes {
-		if _, ok := regionAt[rt.Region]; !ok {
-			return routeAt[i].errorf("route %q: region %q is not configured (configured: %s)", rt.Cache, rt.Region, strings.Join(configured, ", "))
-		}
-	}
-	if h.DefaultRegion != "" {
-		if _, ok := regionAt[h.DefaultRegion]; !ok {
-			return defaultAt.errorf("default_region %q is not configured (configured: %s)", h.DefaultRegion, strings.Join(configured, ", "))
-		}
-	}
+	b.at(field)
 	return nil
 }
 
-// checkRegionLiterals runs the load-time region checks early, at parse
-// time, when the token and endpoint hold no placeholders: then the errors
-// point at the Caddyfile line. Placeholder values are checked at load.
-func checkRegionLiterals(rc RegionConfig) error {
-	if rc.Token == "" {
-		return fmt.Errorf("region %q: no token configured: add `token {env.MOMENTO_API_KEY}` (or {file./path})", rc.Name)
-	}
-	if strings.Contains(rc.Token, "{") || strings.Contains(rc.Endpoint, "{") {
+// explain adds to a Validate error the file and line of the subdirective
+// it is about (keeping Caddy's import chain), or of the whole directive.
+func (b *block) explain(err error) error {
+	if err == nil {
 		return nil
 	}
-	_, err := resolveRegion(rc, caddy.NewReplacer())
+	tok := b.start
+	var fe fieldError
+	if errors.As(err, &fe) {
+		for field := fe.field; field != ""; field = parentField(field) {
+			if t, ok := b.pos[field]; ok {
+				tok = t
+				break
+			}
+		}
+	}
+	d := caddyfile.NewDispenser([]caddyfile.Token{tok})
+	d.Next()
+	return d.Err(err.Error())
+}
+
+// parentField is the field that holds field: "regions[0].breaker" for
+// "regions[0].breaker.window", "regions[0]" for "regions[0].breaker",
+// "routes" for "routes[1]".
+func parentField(field string) string {
+	if i := strings.LastIndexAny(field, ".["); i > 0 {
+		return field[:i]
+	}
+	return ""
+}
+
+// stringArg reads the one value of a setting that may be given once.
+func (b *block) stringArg(field string, dst *string) error {
+	if err := b.once(field); err != nil {
+		return err
+	}
+	v, err := oneArg(b.d)
+	*dst = v
 	return err
 }
 
-func (c *BreakerConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	for d.NextBlock(1) {
+// durationArg reads one positive duration ("10s", "1m30s", "2d").
+func (b *block) durationArg(field string, dst *caddy.Duration) error {
+	if err := b.once(field); err != nil {
+		return err
+	}
+	name := b.d.Val()
+	v, err := oneArg(b.d)
+	if err != nil {
+		return err
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil || dur <= 0 {
+		return b.d.Errf("%s %q: give a positive duration such as 500ms, 10s or 1m", name, v)
+	}
+	*dst = caddy.Duration(dur)
+	return nil
+}
+
+// sizeArg reads one positive size ("5MiB", "4KiB", "1048576") up to max.
+func (b *block) sizeArg(field string, dst *int64, max uint64, example string) error {
+	if err := b.once(field); err != nil {
+		return err
+	}
+	name := b.d.Val()
+	v, err := oneArg(b.d)
+	if err != nil {
+		return err
+	}
+	size, err := humanize.ParseBytes(v)
+	if err != nil || size == 0 || size > max {
+		return b.d.Errf("%s %q: give a positive size such as %s (at most %s)", name, v, example, humanize.IBytes(max))
+	}
+	*dst = int64(size)
+	return nil
+}
+
+// listArg reads the values of a list setting, which may be repeated.
+func (b *block) listArg(field, need string, dst *[]string) error {
+	b.at(field)
+	args := b.d.RemainingArgs()
+	if len(args) == 0 {
+		return b.d.Errf("%s needs %s", field[strings.LastIndexByte(field, '.')+1:], need)
+	}
+	*dst = append(*dst, args...)
+	return nil
+}
+
+// region reads `region <name> [{ endpoint, token, breaker }]` as field.
+func (b *block) region(field string) (RegionConfig, error) {
+	d := b.d
+	b.at(field)
+	if !d.NextArg() {
+		return RegionConfig{}, d.Errf("region needs a name, e.g. region us-east-1 { token {env.MOMENTO_API_KEY} }")
+	}
+	rc := RegionConfig{Name: d.Val(), DefinedAt: fmt.Sprintf("%s:%d", d.File(), d.Line())}
+	if d.NextArg() {
+		return rc, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch name := d.Val(); name {
+		case "endpoint":
+			err = b.stringArg(field+".endpoint", &rc.Endpoint)
+		case "token":
+			err = b.stringArg(field+".token", &rc.Token)
+		case "breaker":
+			if err = b.once(field + ".breaker"); err == nil {
+				rc.Breaker = new(BreakerConfig)
+				err = b.breaker(field+".breaker", rc.Breaker)
+			}
+		default:
+			return rc, d.Errf("unknown subdirective %q in region %q (expected endpoint, token or breaker)", name, rc.Name)
+		}
+		if err != nil {
+			return rc, err
+		}
+	}
+	return rc, nil
+}
+
+// breaker reads a breaker block as field.
+func (b *block) breaker(field string, c *BreakerConfig) error {
+	d := b.d
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
 		switch name {
 		case "failures", "min_requests", "half_open_requests":
+			if err := b.once(field + "." + name); err != nil {
+				return err
+			}
 			v, err := oneArg(d)
 			if err != nil {
 				return err
@@ -326,6 +366,9 @@ func (c *BreakerConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				c.HalfOpenRequests = uint32(n)
 			}
 		case "failure_ratio":
+			if err := b.once(field + "." + name); err != nil {
+				return err
+			}
 			v, err := oneArg(d)
 			if err != nil {
 				return err
@@ -335,15 +378,13 @@ func (c *BreakerConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("breaker failure_ratio %q: give a number greater than 0 and at most 1, e.g. 0.5", v)
 			}
 			c.FailureRatio = f
-		case "window", "open_for":
-			dur, err := durationArg(d)
-			if err != nil {
+		case "window":
+			if err := b.durationArg(field+".window", &c.Window); err != nil {
 				return err
 			}
-			if name == "window" {
-				c.Window = dur
-			} else {
-				c.OpenFor = dur
+		case "open_for":
+			if err := b.durationArg(field+".open_for", &c.OpenFor); err != nil {
+				return err
 			}
 		default:
 			return d.Errf("unknown subdirective %q in breaker (expected failures, failure_ratio, min_requests, window, open_for or half_open_requests)", name)
@@ -352,84 +393,55 @@ func (c *BreakerConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-func (p *AllowPolicy) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	for d.NextBlock(1) {
-		switch d.Val() {
+func (b *block) allow(p *AllowPolicy) error {
+	d := b.d
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch name := d.Val(); name {
 		case "caches":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.Errf("allow caches needs at least one cache glob, e.g. caches public-*")
-			}
-			for _, g := range args {
-				if msg := checkGlob(g); msg != "" {
-					return d.Errf("allow caches: %s", msg)
-				}
-			}
-			p.Caches = append(p.Caches, args...)
+			err = b.listArg("allow.caches", "at least one cache glob, e.g. caches public-*", &p.Caches)
 		case "ops":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.Errf("allow ops needs at least one of %s", strings.Join(opNames, ", "))
-			}
-			for _, o := range args {
-				if msg := checkOp(o); msg != "" {
-					return d.Errf("allow ops: %s", msg)
-				}
-			}
-			p.Ops = append(p.Ops, args...)
+			err = b.listArg("allow.ops", "at least one of get, set, delete, publish, subscribe", &p.Ops)
 		case "max_ttl":
-			dur, err := durationArg(d)
-			if err != nil {
-				return err
-			}
-			if dur < caddy.Duration(time.Second) {
-				return d.Errf("max_ttl %s is under a second; Momento TTLs are whole seconds", time.Duration(dur))
-			}
-			p.MaxTTL = dur
+			err = b.durationArg("allow.max_ttl", &p.MaxTTL)
 		default:
-			return d.Errf("unknown subdirective %q in allow (expected caches, ops or max_ttl)", d.Val())
+			return d.Errf("unknown subdirective %q in allow (expected caches, ops or max_ttl)", name)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-func (c *CORSConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	for d.NextBlock(1) {
-		switch d.Val() {
+func (b *block) cors(c *CORSConfig) error {
+	d := b.d
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch name := d.Val(); name {
 		case "origins":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.Errf("cors origins needs at least one origin, e.g. origins https://app.example.com")
-			}
-			for _, o := range args {
-				if msg := checkOrigin(o); msg != "" {
-					return d.Errf("cors: %s", msg)
-				}
-			}
-			c.Origins = append(c.Origins, args...)
+			err = b.listArg("cors.origins", "at least one origin, e.g. origins https://app.example.com", &c.Origins)
 		case "max_age":
-			dur, err := durationArg(d)
-			if err != nil {
-				return err
-			}
-			c.MaxAge = dur
+			err = b.durationArg("cors.max_age", &c.MaxAge)
 		case "allow_credentials":
-			if d.NextArg() {
-				return d.ArgErr()
+			if err = b.once("cors.allow_credentials"); err == nil && d.NextArg() {
+				err = d.ArgErr()
 			}
 			c.AllowCredentials = true
 		case "headers":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.Errf("cors headers needs at least one header name")
-			}
-			c.Headers = append(c.Headers, args...)
+			err = b.listArg("cors.headers", "at least one header name", &c.Headers)
 		default:
-			return d.Errf("unknown subdirective %q in cors (expected origins, max_age, allow_credentials or headers)", d.Val())
+			return d.Errf("unknown subdirective %q in cors (expected origins, max_age, allow_credentials or headers)", name)
 		}
-	}
-	if len(c.Origins) == 0 {
-		return d.Errf("cors needs an origins line, e.g. origins https://app.example.com")
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -445,20 +457,6 @@ func oneArg(d *caddyfile.Dispenser) (string, error) {
 		return "", d.Errf("%s takes one value, got more", name)
 	}
 	return v, nil
-}
-
-// durationArg reads one positive duration ("10s", "1m30s", "2d").
-func durationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
-	name := d.Val()
-	v, err := oneArg(d)
-	if err != nil {
-		return 0, err
-	}
-	dur, err := caddy.ParseDuration(v)
-	if err != nil || dur <= 0 {
-		return 0, d.Errf("%s %q: give a positive duration such as 500ms, 10s or 1m", name, v)
-	}
-	return caddy.Duration(dur), nil
 }
 
 // Interface guard

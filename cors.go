@@ -3,6 +3,7 @@ package momento
 import (
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -46,45 +47,45 @@ type compiledCORS struct {
 	credentials   bool
 }
 
-// compile prepares the CORS answers. Pages may read Retry-After (on 503s)
-// and the region header, when one is configured, besides the
-// CORS-safelisted response headers.
-func (c *CORSConfig) compile(policy *compiledPolicy, regionHeader string) (*compiledCORS, error) {
+// validate reports the first setting that cannot work.
+func (c *CORSConfig) validate() error {
 	if c == nil {
-		return nil, nil
+		return nil
 	}
 	if len(c.Origins) == 0 {
-		return nil, fmt.Errorf("cors: list the allowed origins, e.g. origins https://app.example.com")
+		return fieldErrorf("cors", "cors needs an origins line, e.g. origins https://app.example.com")
+	}
+	for _, o := range c.Origins {
+		if msg := originProblem(o); msg != "" {
+			return fieldErrorf("cors.origins", "cors: %s", msg)
+		}
+	}
+	if c.MaxAge < 0 {
+		return fieldErrorf("cors.max_age", "cors: max_age %s must be positive", time.Duration(c.MaxAge))
+	}
+	return nil
+}
+
+// compile prepares the CORS answers of a validated config. Pages may read
+// Retry-After (on 503s) and the region header, when one is configured,
+// besides the CORS-safelisted response headers.
+func (c *CORSConfig) compile(policy *compiledPolicy, regionHeader string) *compiledCORS {
+	if c == nil {
+		return nil
 	}
 	cc := &compiledCORS{origins: map[string]bool{}, credentials: c.AllowCredentials, list: strings.Join(c.Origins, " ")}
 	for _, o := range c.Origins {
-		if msg := checkOrigin(o); msg != "" {
-			return nil, fmt.Errorf("cors: %s", msg)
-		}
-		if o == "*" {
-			cc.any = true
-		}
+		cc.any = cc.any || o == "*"
 		cc.origins[o] = true
-	}
-	if c.MaxAge < 0 {
-		return nil, fmt.Errorf("cors: max_age %s must be positive", time.Duration(c.MaxAge))
 	}
 	if c.MaxAge > 0 {
 		cc.maxAge = strconv.FormatInt(int64(time.Duration(c.MaxAge)/time.Second), 10)
 	}
 	// Offer only the methods this handler's policy accepts.
 	var methods []string
-	add := func(m string) {
-		for _, x := range methods {
-			if x == m {
-				return
-			}
-		}
-		methods = append(methods, m)
-	}
-	for _, o := range []op{opGet, opSet, opDelete, opPublish, opSubscribe} {
-		if policy.allows(o) {
-			add(o.method())
+	for _, o := range allowableOps {
+		if m := o.method(); policy.allows(o) && !slices.Contains(methods, m) {
+			methods = append(methods, m)
 		}
 	}
 	cc.allowMethods = strings.Join(methods, ", ")
@@ -93,11 +94,11 @@ func (c *CORSConfig) compile(policy *compiledPolicy, regionHeader string) (*comp
 	if regionHeader != "" {
 		cc.exposeHeaders += ", " + regionHeader
 	}
-	return cc, nil
+	return cc
 }
 
-// checkOrigin returns why an origin is unusable, or "".
-func checkOrigin(o string) string {
+// originProblem returns why an origin is unusable, or "".
+func originProblem(o string) string {
 	if o == "*" {
 		return ""
 	}
@@ -110,11 +111,14 @@ func checkOrigin(o string) string {
 	return ""
 }
 
-// serve applies CORS to a request for the API. It sets the headers that
+// apply applies CORS to a request for the API. It sets the headers that
 // let an allowed page read the answer (refusals included, so a page can
 // show why), answers preflights itself, and refuses other origins. It
 // returns the status it answered with, or 0 when the request goes on.
-func (cc *compiledCORS) serve(w http.ResponseWriter, r *http.Request, preflight bool) int {
+func (cc *compiledCORS) apply(w http.ResponseWriter, r *http.Request, c *call) int {
+	if cc == nil {
+		return 0
+	}
 	hdr := w.Header()
 	hdr.Add("Vary", "Origin")
 	origin := r.Header.Get("Origin")
@@ -122,13 +126,13 @@ func (cc *compiledCORS) serve(w http.ResponseWriter, r *http.Request, preflight 
 		return 0
 	}
 	if !cc.any && !cc.origins[origin] {
-		return writeRefusal(w, refuse(http.StatusForbidden, fmt.Sprintf("origin %s is not allowed (cors origins: %s)", origin, cc.list)))
+		return refuse(http.StatusForbidden, fmt.Sprintf("origin %s is not allowed (cors origins: %s)", origin, cc.list)).write(w)
 	}
 	hdr.Set("Access-Control-Allow-Origin", origin)
 	if cc.credentials {
 		hdr.Set("Access-Control-Allow-Credentials", "true")
 	}
-	if !preflight {
+	if c.op != opOptions {
 		hdr.Set("Access-Control-Expose-Headers", cc.exposeHeaders)
 		return 0
 	}
@@ -139,6 +143,18 @@ func (cc *compiledCORS) serve(w http.ResponseWriter, r *http.Request, preflight 
 	if cc.maxAge != "" {
 		hdr.Set("Access-Control-Max-Age", cc.maxAge)
 	}
+	w.WriteHeader(http.StatusNoContent)
+	return http.StatusNoContent
+}
+
+// writePreflight answers an OPTIONS request on the API that CORS did not
+// answer (no cors block, or a same-origin page): the methods of the API.
+func writePreflight(w http.ResponseWriter, c *call) int {
+	allow := allowedCacheMethods
+	if c.api == apiTopics {
+		allow = allowedTopicMethods
+	}
+	w.Header().Set("Allow", allow)
 	w.WriteHeader(http.StatusNoContent)
 	return http.StatusNoContent
 }

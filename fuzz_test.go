@@ -50,13 +50,13 @@ func FuzzParseCall(f *testing.F) {
 		}
 		r.Header.Set("Content-Type", header)
 		r.Header.Set("Authorization", header)
-		c, rf := parseCall(r)
+		c, ours := parseCall(r)
 		switch {
-		case rf != nil:
-			if rf.status < 400 || rf.status > 499 || rf.msg == "" {
+		case c != nil && c.refusal != nil:
+			if rf := c.refusal; rf.status < 400 || rf.status > 499 || rf.msg == "" {
 				t.Fatalf("refusal %d %q", rf.status, rf.msg)
 			}
-		case c == nil:
+		case !ours:
 			if strings.HasPrefix(r.URL.Path, cachePrefix) || strings.HasPrefix(r.URL.Path, topicsPrefix) {
 				t.Fatalf("API path %q neither parsed nor refused", r.URL.Path)
 			}
@@ -69,7 +69,7 @@ func FuzzParseCall(f *testing.F) {
 
 func checkCallInvariants(t *testing.T, c *call) {
 	t.Helper()
-	if msg := checkName("cache", c.cache); msg != "" {
+	if msg := nameProblem("cache", c.cache); msg != "" {
 		t.Fatalf("accepted cache name %q: %s", c.cache, msg)
 	}
 	q := c.upstreamQuery()
@@ -94,7 +94,7 @@ func checkCallInvariants(t *testing.T, c *call) {
 			t.Fatalf("set without a positive ttl: %q", q)
 		}
 	case opPublish, opSubscribe:
-		if msg := checkName("topic", c.topic); msg != "" {
+		if msg := nameProblem("topic", c.topic); msg != "" {
 			t.Fatalf("accepted topic name %q: %s", c.topic, msg)
 		}
 	default:
@@ -109,7 +109,7 @@ func FuzzParseToken(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, raw string) {
-		tok := ParseToken(raw)
+		tok := parseToken(raw)
 		switch tok.Kind() {
 		case TokenV1, TokenLegacy, TokenV2, TokenOpaque:
 		default:
@@ -119,7 +119,7 @@ func FuzzParseToken(f *testing.F) {
 			t.Fatalf("endpoint %q", ep)
 		}
 		trimmed := strings.TrimSpace(raw)
-		if trimmed != "" && tok.headerValue() == "" && tok.Kind() != TokenV1 {
+		if trimmed != "" && tok.authHeader()[0] == "" && tok.Kind() != TokenV1 {
 			t.Fatalf("token %q sends no header", raw)
 		}
 		// Every way of printing it gives the redacted form and nothing else.
@@ -231,11 +231,8 @@ func FuzzCaddyfile(f *testing.F) {
 			}
 			return
 		}
-		if err := h.checkStatic(); err != nil {
-			t.Fatalf("parsed, but the load-time check refuses it: %v\n%s", err, input)
-		}
-		if _, err := h.Allow.compile(); err != nil {
-			t.Fatalf("parsed, but allow does not compile: %v", err)
+		if err := h.Validate(); err != nil {
+			t.Fatalf("parsed, but Validate refuses it: %v\n%s", err, input)
 		}
 	})
 }
@@ -270,13 +267,14 @@ func FuzzServeHTTP(f *testing.F) {
 		}
 		r.Header.Set("Content-Type", "text/plain")
 		r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
-		_, refused := parseCall(r)
+		c, _ := parseCall(r)
+		refused := c != nil && c.refusal != nil
 		before := hits.Load()
 		w := httptest.NewRecorder()
 		if err := h.ServeHTTP(w, r, nextHandler{}); err != nil {
 			t.Fatal(err)
 		}
-		if refused != nil && hits.Load() != before {
+		if refused && hits.Load() != before {
 			t.Fatalf("refused request %s %s reached the region", method, target)
 		}
 		if strings.Contains(w.Body.String(), secret) || strings.Contains(fmt.Sprint(w.Header()), secret) {
@@ -299,10 +297,16 @@ func (nextHandler) ServeHTTP(w http.ResponseWriter, _ *http.Request) error {
 	return nil
 }
 
-// provisionHandler provisions a handler outside a running Caddy, as Caddy
-// would, with a quiet logger.
+// provisionHandler provisions a handler as Caddy would, in the context of
+// a loaded config that holds only the momento app (with a quiet logger),
+// so the handler can be called directly.
 func provisionHandler(tb testing.TB, cfg Handler) *Handler {
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	tb.Helper()
+	if err := caddy.Load([]byte(`{"admin":{"disabled":true},"logging":{"logs":{"default":{"level":"ERROR"}}},"apps":{"momento":{}}}`), true); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = caddy.Stop() })
+	ctx, cancel := caddy.NewContext(caddy.ActiveContext())
 	tb.Cleanup(cancel)
 	h := cfg
 	if err := h.Provision(ctx); err != nil {
@@ -310,8 +314,7 @@ func provisionHandler(tb testing.TB, cfg Handler) *Handler {
 	}
 	h.logger = zap.NewNop()
 	for _, rg := range h.regions {
-		rg.pooled.breaker.logger.Store(zap.NewNop())
+		rg.state.breaker.logger.Store(zap.NewNop())
 	}
-	tb.Cleanup(func() { _ = h.Cleanup() })
 	return &h
 }

@@ -3,6 +3,7 @@ package momento
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
@@ -145,6 +146,18 @@ func runCaddyfile(t *testing.T, site func(port int, logPath string) string) *gat
 		t.Fatalf("loading config: %v\n%s", err, cf)
 	}
 	t.Cleanup(func() { _ = caddy.Stop() })
+	t.Cleanup(func() {
+		// A failed test shows what Caddy logged, debug lines aside.
+		if b, err := os.ReadFile(logPath); err == nil && t.Failed() {
+			var lines []string
+			for _, l := range strings.Split(string(b), "\n") {
+				if !strings.Contains(l, `"level":"debug"`) {
+					lines = append(lines, l)
+				}
+			}
+			t.Logf("Caddy's log:\n%s", strings.Join(lines[max(0, len(lines)-40):], "\n"))
+		}
+	})
 	return &gateway{
 		t:       t,
 		base:    fmt.Sprintf("http://127.0.0.1:%d", port),
@@ -311,4 +324,18 @@ func expect(t *testing.T, r response, status int, bodyContains string) {
 
 func adaptCaddyfile(cf string) ([]byte, []caddyconfig.Warning, error) {
 	return caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
+}
+
+// basicAuthBlock puts two users in front of the directives that follow.
+// Preflights carry no credentials, so OPTIONS is let through.
+const basicAuthBlock = `	@signedIn not method OPTIONS
+	basic_auth @signedIn {
+		alice $2a$10$olWCYWaPXYAdTwT0XPZXXesueUXxI8MIfpcDQ7k7WswrCoGEJzT3.
+		bob $2a$10$fme7tkfKlIe3dTBQujwGGuHvtM0DrM6zQspZX7CrPw6HPyLeATuD2
+	}
+`
+
+// basicAuth is the Authorization header of a basicAuthBlock user.
+func basicAuth(user string) string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+user+"-password"))
 }

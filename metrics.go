@@ -43,12 +43,12 @@ var metrics = struct {
 }
 
 // registerMetrics adds the collectors to a config's registry, tolerating
-// the ones already there.
-func registerMetrics(reg prometheus.Registerer) error {
+// the ones already there, and the app's view of its regions' breakers.
+func registerMetrics(reg prometheus.Registerer, app *App) error {
 	if reg == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{metrics.requests, metrics.duration, breakerStateCollector, metrics.rejections, metrics.transitions} {
+	for _, c := range []prometheus.Collector{metrics.requests, metrics.duration, breakerStates{app}, metrics.rejections, metrics.transitions} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {
@@ -89,23 +89,23 @@ func stateValue(s gobreaker.State) float64 {
 	return 0
 }
 
-// breakerStates reports each region's breaker state when scraped. A gauge
-// set on transitions would go stale: gobreaker moves from open to
-// half-open lazily, on the next request.
-type breakerStates struct{ desc *prometheus.Desc }
+// breakerStates reports the breaker state of each region of a config when
+// scraped. A gauge set on transitions would go stale: gobreaker moves from
+// open to half-open lazily, on the next request.
+type breakerStates struct{ app *App }
 
-var breakerStateCollector = breakerStates{desc: prometheus.NewDesc(
+var breakerStateDesc = prometheus.NewDesc(
 	"caddy_momento_breaker_state",
 	"Circuit breaker state per region: 0 closed, 1 half-open, 2 open.",
-	[]string{"region"}, nil)}
+	[]string{"region"}, nil)
 
 // Describe implements prometheus.Collector.
-func (c breakerStates) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c breakerStates) Describe(ch chan<- *prometheus.Desc) { ch <- breakerStateDesc }
 
 // Collect implements prometheus.Collector.
 func (c breakerStates) Collect(ch chan<- prometheus.Metric) {
-	for _, p := range pooledRegions() {
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, stateValue(p.breaker.state()), p.name)
+	for _, rg := range c.app.regions() {
+		ch <- prometheus.MustNewConstMetric(breakerStateDesc, prometheus.GaugeValue, stateValue(rg.state.breaker.state()), rg.name)
 	}
 }
 
@@ -142,4 +142,16 @@ func (m *regionMetrics) countRequest(o op, status int) {
 		slot.Store(c)
 	}
 	(*c).Inc()
+}
+
+// count counts one answered call, once.
+func (c *call) count(status int) {
+	switch {
+	case c.region != nil:
+		c.region.metrics.countRequest(c.op, status)
+	case c.refusal != nil:
+		metrics.requests.WithLabelValues(noRegion, "invalid", codeLabel(status)).Inc()
+	default:
+		metrics.requests.WithLabelValues(noRegion, c.op.String(), codeLabel(status)).Inc()
+	}
 }

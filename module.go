@@ -1,15 +1,14 @@
 // Package momento is a Caddy HTTP handler that fronts Momento's HTTP API
-// (serverless cache): it validates each request at the edge, routes it by
-// cache name to the right regional endpoint, injects the server-held token,
-// and proxies it through a per-region circuit breaker. Clients never hold
-// the Momento token.
+// (serverless cache and topics): it validates each request at the edge,
+// routes it by cache name to the right regional endpoint, injects the
+// server-held token, and proxies it through a per-region circuit breaker.
+// Clients never hold the Momento token.
 package momento
 
 import (
+	"cmp"
 	"fmt"
-	"io"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -31,9 +30,20 @@ func init() {
 // `POST|GET /topics/{cache}/{topic}` are validated, routed to a region by
 // cache name, and proxied with the region's token in the `authorization`
 // header. Other paths go to the next handler.
+//
+// The handler sets these placeholders for the rest of Caddy (logs,
+// headers, other handlers), looked up only when used:
+//
+//	Placeholder            | Description
+//	-----------------------|------------------------------------------------
+//	`{http.momento.region}`  | the region the request was routed to ("" if none)
+//	`{http.momento.cache}`   | the cache name
+//	`{http.momento.op}`      | get, set, delete, publish, subscribe, options or invalid
+//	`{http.momento.breaker}` | the region's breaker state: "open" when it refused the request, else closed, half-open or open when asked
 type Handler struct {
-	// The Momento regions (or other Momento-compatible endpoints) the
-	// gateway can reach, each with its token.
+	// The regions this handler reaches, each with its token: definitions
+	// (name, endpoint, token) or, by name alone, regions defined in the
+	// global `momento` options. Default: every region of the global options.
 	Regions []RegionConfig `json:"regions,omitempty"`
 
 	// The region for caches that no route matches. Optional when there is
@@ -64,9 +74,10 @@ type Handler struct {
 	// 4 KiB. Longer keys are answered 400 without contacting the region.
 	MaxKeySize int64 `json:"max_key_size,omitempty"`
 
-	// When region breakers open and how they recover. Breakers are per
-	// region and shared by every handler that names the same region and
-	// endpoint; the handler provisioned last sets their thresholds.
+	// When the breakers of the regions this handler defines open and how
+	// they recover (a region defined in the global options has its own).
+	// A region is defined once per config: two handlers that define the
+	// same region with different breaker settings are refused at load.
 	Breaker *BreakerConfig `json:"breaker,omitempty"`
 
 	// What this handler's clients may do: which caches, which operations,
@@ -106,6 +117,11 @@ type Handler struct {
 	// naming the region that served it, e.g. "Momento-Region".
 	RegionHeader string `json:"region_header,omitempty"`
 
+	// appRegions names the regions of the global options, when known (the
+	// Caddyfile adapter reads them from the options, Provision from the
+	// app), so Validate can check references to them.
+	appRegions []string
+
 	policy           *compiledPolicy
 	keyPrefix        *prefixTemplate
 	topicPrefix      *prefixTemplate
@@ -121,34 +137,6 @@ type Handler struct {
 	maxItemSize   int64
 	maxKeySize    int64
 	logger        *zap.Logger
-}
-
-// RegionConfig is one region the gateway can reach.
-type RegionConfig struct {
-	// The region's name: one of Momento's (us-east-1, eu-west-1, …), whose
-	// endpoint is built in, or any name of your own with an endpoint.
-	Name string `json:"name"`
-
-	// The HTTP API endpoint, e.g. https://api.cache.cell-4-us-west-2-1.prod.a.momentohq.com.
-	// Optional for Momento's own regions and for tokens that name their
-	// endpoint (v1 and legacy keys). http:// is allowed for local backends.
-	Endpoint string `json:"endpoint,omitempty"`
-
-	// The Momento API key or token for this region. Use a placeholder such
-	// as {env.MOMENTO_API_KEY} or {file./run/secrets/momento}: it is resolved
-	// when the config loads, so the secret never appears in the config that
-	// `caddy adapt` prints or the admin API serves.
-	Token string `json:"token,omitempty"`
-
-	// Where the region is defined, e.g. "Caddyfile:12". The Caddyfile
-	// adapter sets it so that errors found only when the config loads (an
-	// unset {env.*} token, a token for another region) name the line too.
-	DefinedAt string `json:"defined_at,omitempty"`
-}
-
-type compiledRoute struct {
-	glob   string
-	region *region
 }
 
 // Defaults, as documented on the fields.
@@ -174,72 +162,55 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision resolves tokens, derives endpoints, and attaches each region to
-// its pooled breaker and connection pool (kept across config reloads).
+// Provision validates the config, sets defaults, and takes its regions
+// from the momento app, which resolves tokens and endpoints and holds
+// each region's breaker and connection pools across reloads.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	if err := h.checkStatic(); err != nil {
+	appVal, err := ctx.App("momento")
+	if err != nil {
 		return err
 	}
-	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
-		return fmt.Errorf("momento: registering metrics: %w", err)
+	app := appVal.(*App)
+	h.appRegions = make([]string, 0, len(app.Regions))
+	for _, rc := range app.Regions {
+		h.appRegions = append(h.appRegions, rc.Name)
 	}
-	h.timeout = time.Duration(h.Timeout)
-	if h.timeout == 0 {
-		h.timeout = defaultTimeout
-	}
-	h.maxItemSize = h.MaxItemSize
-	if h.maxItemSize == 0 {
-		h.maxItemSize = defaultMaxItemSize
-	}
-	h.maxKeySize = h.MaxKeySize
-	if h.maxKeySize == 0 {
-		h.maxKeySize = defaultMaxKeySize
-	}
-	h.rejectClient = h.ClientToken == clientTokenReject
-	breakerCfg := h.Breaker.withDefaults()
-	var err error
-	if h.policy, err = h.Allow.compile(); err != nil {
-		return fmt.Errorf("momento: %w", err)
-	}
-	if h.cors, err = h.CORS.compile(h.policy, h.RegionHeader); err != nil {
-		return fmt.Errorf("momento: %w", err)
-	}
-	h.keyPrefix = compilePrefix("key_prefix", h.KeyPrefix)
-	h.topicPrefix = compilePrefix("topic_prefix", h.TopicPrefix)
-	h.maxMessageSize = h.MaxMessageSize
-	if h.maxMessageSize == 0 {
-		h.maxMessageSize = defaultMaxMessageSize
-	}
-	h.subscribeTimeout = time.Duration(h.SubscribeTimeout)
-	if h.subscribeTimeout == 0 {
-		h.subscribeTimeout = defaultSubscribeTimeout
+	if err := h.Validate(); err != nil {
+		return err
 	}
 
-	repl := caddy.NewReplacer()
-	byName := make(map[string]*region, len(h.Regions))
+	h.timeout = cmp.Or(time.Duration(h.Timeout), defaultTimeout)
+	h.subscribeTimeout = cmp.Or(time.Duration(h.SubscribeTimeout), defaultSubscribeTimeout)
+	h.maxItemSize = cmp.Or(h.MaxItemSize, defaultMaxItemSize)
+	h.maxKeySize = cmp.Or(h.MaxKeySize, defaultMaxKeySize)
+	h.maxMessageSize = cmp.Or(h.MaxMessageSize, defaultMaxMessageSize)
+	h.rejectClient = h.ClientToken == clientTokenReject
+	h.policy = h.Allow.compile()
+	h.cors = h.CORS.compile(h.policy, h.RegionHeader)
+	h.keyPrefix = compilePrefix("key_prefix", h.KeyPrefix)
+	h.topicPrefix = compilePrefix("topic_prefix", h.TopicPrefix)
+
 	for _, rc := range h.Regions {
-		rg, err := resolveRegion(rc, repl)
-		if err != nil {
-			if rc.DefinedAt != "" {
-				return fmt.Errorf("momento: %w, at %s", err, rc.DefinedAt)
+		var rg *region
+		if rc.isReference() {
+			rg, _ = app.lookup(rc.Name) // Validate checked it is defined
+		} else {
+			if rc.Breaker == nil {
+				rc.Breaker = h.Breaker
 			}
-			return fmt.Errorf("momento: %w", err)
-		}
-		if err := rg.attach(breakerCfg, h.logger); err != nil {
-			return fmt.Errorf("momento: %w", err)
-		}
-		if !strings.Contains(rc.Token, "{") && rg.token.Kind() != TokenOpaque {
-			h.logger.Warn("a Momento token is written into the config itself, so `caddy adapt` and the admin API show it: use token {env.MOMENTO_API_KEY} or {file./path} instead",
-				zap.String("region", rg.name), zap.String("token_fingerprint", rg.token.Fingerprint()))
+			if rg, err = app.define(rc); err != nil {
+				return err
+			}
 		}
 		h.regions = append(h.regions, rg)
+	}
+	if len(h.Regions) == 0 {
+		h.regions = app.globalRegions()
+	}
+	byName := make(map[string]*region, len(h.regions))
+	for _, rg := range h.regions {
 		byName[rg.name] = rg
-		h.logger.Info("momento region",
-			zap.String("region", rg.name),
-			zap.String("endpoint", rg.endpoint),
-			zap.String("token_kind", string(rg.token.Kind())),
-			zap.String("token_fingerprint", rg.token.Fingerprint()))
 	}
 	for _, rt := range h.Routes {
 		h.routes = append(h.routes, compiledRoute{glob: rt.Cache, region: byName[rt.Region]})
@@ -253,149 +224,54 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// checkStatic checks what can be checked without resolving placeholders.
-// The Caddyfile parser runs the same checks, line by line, so most errors
-// reach users with a file and line.
-func (h *Handler) checkStatic() error {
-	if len(h.Regions) == 0 {
-		return fmt.Errorf("momento: no region configured: add a region block (e.g. region us-east-1 { token {env.MOMENTO_API_KEY} })")
-	}
-	names := make([]string, 0, len(h.Regions))
-	for _, rc := range h.Regions {
-		if rc.Name == "" {
-			return fmt.Errorf("momento: a region has no name")
-		}
-		for _, n := range names {
-			if n == rc.Name {
-				return fmt.Errorf("momento: region %q is configured twice", rc.Name)
-			}
-		}
-		names = append(names, rc.Name)
-	}
-	known := func(name string) bool {
-		for _, n := range names {
-			if n == name {
-				return true
-			}
-		}
-		return false
-	}
-	configured := strings.Join(names, ", ")
-	for _, rt := range h.Routes {
-		if msg := checkGlob(rt.Cache); msg != "" {
-			return fmt.Errorf("momento: route: %s", msg)
-		}
-		if !known(rt.Region) {
-			return fmt.Errorf("momento: route %q: region %q is not configured (configured: %s)", rt.Cache, rt.Region, configured)
-		}
-	}
-	if h.DefaultRegion != "" && !known(h.DefaultRegion) {
-		return fmt.Errorf("momento: default_region %q is not configured (configured: %s)", h.DefaultRegion, configured)
-	}
-	switch h.ClientToken {
-	case "", clientTokenStrip, clientTokenReject:
-	default:
-		return fmt.Errorf("momento: client_token %q: use strip or reject", h.ClientToken)
-	}
-	if h.Timeout < 0 {
-		return fmt.Errorf("momento: timeout %s must be positive", time.Duration(h.Timeout))
-	}
-	if h.MaxItemSize < 0 {
-		return fmt.Errorf("momento: max_item_size %d must be positive", h.MaxItemSize)
-	}
-	if h.MaxKeySize < 0 {
-		return fmt.Errorf("momento: max_key_size %d must be positive", h.MaxKeySize)
-	}
-	if h.MaxMessageSize < 0 {
-		return fmt.Errorf("momento: max_message_size %d must be positive", h.MaxMessageSize)
-	}
-	if h.SubscribeTimeout < 0 {
-		return fmt.Errorf("momento: subscribe_timeout %s must be positive", time.Duration(h.SubscribeTimeout))
-	}
-	if strings.Contains(h.TopicPrefix, "/") {
-		return fmt.Errorf("momento: topic_prefix %q must not contain '/': topic names cannot", h.TopicPrefix)
-	}
-	if h.Breaker != nil {
-		if err := h.Breaker.validate(); err != nil {
-			return fmt.Errorf("momento: %w", err)
-		}
-	}
-	return nil
-}
-
-// Cleanup releases this config's hold on the pooled regions; a region whose
-// last holder goes away closes its idle connections.
-func (h *Handler) Cleanup() error {
-	for _, rg := range h.regions {
-		rg.detach()
-	}
-	return nil
-}
-
-// ServeHTTP is the whole story of a request: parse it once, refuse it at
-// the edge if it is wrong, pick its region, proxy it through the breaker.
+// ServeHTTP is the whole story of a request: parse it once, serve it,
+// count it once.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	c, rf := parseCall(r)
-	if c == nil && rf == nil {
+	c, ours := parseCall(r)
+	if !ours {
 		return next.ServeHTTP(w, r)
 	}
-	status := 0
-	if c != nil {
-		c.setPlaceholders(r)
+	c.setPlaceholders(r)
+	status, cutOff := h.serve(w, r, c)
+	c.count(status)
+	if cutOff {
+		// The region broke off mid-answer after the status was sent: abort
+		// the connection so the client cannot take a truncated value for a
+		// whole one.
+		panic(http.ErrAbortHandler)
 	}
-	defer func() {
-		if status == 0 && c != nil {
-			status = c.status // the handler aborted after answering
-		}
-		switch {
-		case c != nil && c.region != nil:
-			c.region.metrics.countRequest(c.op, status)
-		case c != nil:
-			metrics.requests.WithLabelValues(noRegion, c.op.String(), codeLabel(status)).Inc()
-		default:
-			metrics.requests.WithLabelValues(noRegion, "invalid", codeLabel(status)).Inc()
-		}
-	}()
+	return nil
+}
 
-	preflight := c != nil && c.op == opOptions
-	if h.cors != nil {
-		if status = h.cors.serve(w, r, preflight); status != 0 {
-			return nil
-		}
+// serve answers the call: CORS and preflights first, then refusals at the
+// edge, then the region. It returns the status the client got, and whether
+// the answer was cut off midway.
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call) (status int, cutOff bool) {
+	if st := h.cors.apply(w, r, c); st != 0 {
+		return st, false
 	}
-	if preflight {
-		allow := allowedCacheMethods
-		if strings.HasPrefix(r.URL.Path, topicsPrefix) {
-			allow = allowedTopicMethods
-		}
-		w.Header().Set("Allow", allow)
-		w.WriteHeader(http.StatusNoContent)
-		status = http.StatusNoContent
-		return nil
+	if c.op == opOptions {
+		return writePreflight(w, c), false
 	}
+	rf := c.refusal
 	if rf == nil {
 		rf = h.checkCall(c, r)
 	}
 	if rf != nil {
-		status = writeRefusal(w, rf)
-		return nil
+		return rf.write(w), false
 	}
-	rg := h.regionFor(c.cache)
-	if rg == nil {
+	if c.region = h.regionFor(c.cache); c.region == nil {
 		// Momento's own answer for a cache it does not have.
-		status = writeRefusal(w, refuse(http.StatusNotFound, "Cache Not Found"))
-		return nil
+		return refuse(http.StatusNotFound, "Cache Not Found").write(w), false
 	}
-	c.region = rg
 	if h.RegionHeader != "" {
-		w.Header().Set(h.RegionHeader, rg.name)
+		w.Header().Set(h.RegionHeader, c.region.name)
 	}
-	status = h.proxy(w, r, c, rg)
-	return nil
+	return h.proxy(w, r, c)
 }
 
 // checkCall applies the handler's own rules to a well-formed call, and
-// puts the key prefix in place.
+// puts the key or topic prefix in place.
 func (h *Handler) checkCall(c *call, r *http.Request) *refusal {
 	if h.rejectClient && (c.hasTokenParam || c.hasAuthHeader && !authenticated(r)) {
 		return refuse(http.StatusBadRequest, "this gateway does not accept client credentials: remove the token parameter and the Authorization header")
@@ -408,17 +284,17 @@ func (h *Handler) checkCall(c *call, r *http.Request) *refusal {
 	}
 	switch c.op {
 	case opSet:
-		if r.ContentLength > h.maxItemSize {
+		if c.bodySize > h.maxItemSize {
 			return refuse(http.StatusRequestEntityTooLarge,
-				fmt.Sprintf("value of %d bytes exceeds max_item_size (%d bytes)", r.ContentLength, h.maxItemSize))
+				fmt.Sprintf("value of %d bytes exceeds max_item_size (%d bytes)", c.bodySize, h.maxItemSize))
 		}
 	case opPublish:
-		if r.ContentLength > h.maxMessageSize {
+		if c.bodySize > h.maxMessageSize {
 			return refuse(http.StatusRequestEntityTooLarge,
-				fmt.Sprintf("message of %d bytes exceeds max_message_size (%d bytes)", r.ContentLength, h.maxMessageSize))
+				fmt.Sprintf("message of %d bytes exceeds max_message_size (%d bytes)", c.bodySize, h.maxMessageSize))
 		}
 	}
-	if c.topic != "" {
+	if c.api == apiTopics {
 		return h.topicPrefix.applyTopic(c, r)
 	}
 	return h.keyPrefix.applyKey(c, r)
@@ -436,32 +312,42 @@ func authenticated(r *http.Request) bool {
 	return id != ""
 }
 
-// writeRefusal answers the client in Momento's style: a status and a
-// plain-text body. It writes the response itself rather than returning a
-// caddyhttp.Error, because Caddy without handle_errors sends errors with an
-// empty body, and API clients need the message.
-func writeRefusal(w http.ResponseWriter, rf *refusal) int {
-	hdr := w.Header()
-	// Shared header values: refusals are a hot path when a breaker is
-	// open, and Header.Set would allocate a slice for each.
-	hdr["Content-Type"] = plainText
-	hdr["X-Content-Type-Options"] = noSniff
-	if rf.allow != "" {
-		hdr.Set("Allow", rf.allow)
+// setPlaceholders makes the call visible to the rest of Caddy as the
+// {http.momento.*} placeholders documented on Handler. The values are
+// looked up when used, so they reflect what the gateway decided, and cost
+// nothing when no placeholder asks for them.
+func (c *call) setPlaceholders(r *http.Request) {
+	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if !ok {
+		return
 	}
-	w.WriteHeader(rf.status)
-	_, _ = io.WriteString(w, rf.msg)
-	return rf.status
+	repl.Map(func(key string) (any, bool) {
+		switch key {
+		case "http.momento.region":
+			if c.region != nil {
+				return c.region.name, true
+			}
+			return "", true
+		case "http.momento.cache":
+			return c.cache, true
+		case "http.momento.op":
+			return c.op.String(), true
+		case "http.momento.breaker":
+			switch {
+			case c.breakerOpen:
+				return "open", true
+			case c.region != nil:
+				return c.region.state.breaker.state().String(), true
+			}
+			return "", true
+		}
+		return nil, false
+	})
 }
-
-var (
-	plainText = []string{"text/plain; charset=utf-8"}
-	noSniff   = []string{"nosniff"}
-)
 
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
-	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

@@ -4,18 +4,16 @@ import (
 	"encoding/base64"
 	"net/http"
 	"net/url"
-	"path"
 	"strconv"
 	"strings"
-
-	"github.com/caddyserver/caddy/v2"
 )
 
 // op is what a request asks Momento to do.
 type op uint8
 
 const (
-	opGet op = iota + 1
+	opInvalid op = iota // a request to the API that could not be parsed
+	opGet
 	opSet
 	opDelete
 	opPublish
@@ -26,24 +24,29 @@ const (
 	opCount
 )
 
-// String is the operation's name as users write it in config and see it in
-// logs and metrics.
+// opNames are the operations as users write them in config (`allow { ops
+// … }`) and see them in logs and metrics.
+var opNames = [opCount]string{"invalid", "get", "set", "delete", "publish", "subscribe", "options"}
+
+// allowableOps are the operations an `allow { ops … }` rule may name.
+var allowableOps = []op{opGet, opSet, opDelete, opPublish, opSubscribe}
+
+// String is the operation's name.
 func (o op) String() string {
-	switch o {
-	case opGet:
-		return "get"
-	case opSet:
-		return "set"
-	case opDelete:
-		return "delete"
-	case opPublish:
-		return "publish"
-	case opSubscribe:
-		return "subscribe"
-	case opOptions:
-		return "options"
+	if o < opCount {
+		return opNames[o]
 	}
 	return "unknown"
+}
+
+// opFromName is the operation a user names, or opInvalid.
+func opFromName(name string) op {
+	for _, o := range allowableOps {
+		if opNames[o] == name {
+			return o
+		}
+	}
+	return opInvalid
 }
 
 // method is the HTTP method that asks for the operation.
@@ -61,80 +64,13 @@ func (o op) method() string {
 	return http.MethodGet
 }
 
-// call is a request parsed once, at the edge: everything later steps need
-// to decide and to build the upstream request. Nothing downstream looks at
-// the URL again.
-type call struct {
-	op    op
-	cache string
-	// topic is the topic name (publish, subscribe).
-	topic string
-	// key is the key as the upstream query expects it: the client's key,
-	// query-escaped, or for key_base64 the unpadded URL-safe base64 text.
-	key       string
-	keyBase64 bool
-	// keySize is the client's key in bytes, decoded.
-	keySize int
-	// ttl is the validated ttl_seconds digits (set only).
-	ttl string
-	// seqNumber and seqPage are the validated subscribe cursor, "" if absent.
-	seqNumber, seqPage string
-	// contentType is a publish's validated Content-Type, forwarded as is.
-	contentType string
-	// hasTokenParam and hasAuthHeader record a credential of the client's
-	// own: a token query parameter, an Authorization header.
-	hasTokenParam bool
-	hasAuthHeader bool
+// api is which of Momento's APIs a path belongs to.
+type api uint8
 
-	// region and breakerState are decided later, and read by placeholders.
-	region       *region
-	breakerState string
-	// status is the answer's status when the handler aborts the connection
-	// after answering (it then cannot return it).
-	status int
-}
-
-// setPlaceholders makes the call visible to the rest of Caddy (logs,
-// headers, other handlers) as {http.momento.region}, {http.momento.cache},
-// {http.momento.op} and {http.momento.breaker} (the region's breaker
-// state: "open" when it refused the request, else its state when asked).
-// The values are looked up when used, so they reflect what the gateway
-// decided, and cost nothing when no placeholder asks for them.
-func (c *call) setPlaceholders(r *http.Request) {
-	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if !ok {
-		return
-	}
-	repl.Map(func(key string) (any, bool) {
-		switch key {
-		case "http.momento.region":
-			if c.region != nil {
-				return c.region.name, true
-			}
-			return "", true
-		case "http.momento.cache":
-			return c.cache, true
-		case "http.momento.op":
-			return c.op.String(), true
-		case "http.momento.breaker":
-			if c.breakerState == "" && c.region != nil {
-				return c.region.pooled.breaker.state().String(), true
-			}
-			return c.breakerState, true
-		}
-		return nil, false
-	})
-}
-
-// refusal is a request the gateway answers itself, with Momento's status
-// codes and a plain-text message that names the problem.
-type refusal struct {
-	status int
-	msg    string
-	allow  string // Allow header, for 405
-}
-
-func refuse(status int, msg string) *refusal { return &refusal{status: status, msg: msg} }
+const (
+	apiCache api = iota + 1
+	apiTopics
+)
 
 // The API's path prefixes.
 const (
@@ -148,37 +84,77 @@ const (
 	allowedTopicMethods = "GET, POST"
 )
 
-// parseCall reads what the client asks for. It returns (nil, nil) for paths
-// that are not Momento's API, which go to the next handler.
-func parseCall(r *http.Request) (*call, *refusal) {
+// call is a request parsed once, at the edge: everything later steps need
+// to decide and to build the upstream request. Nothing downstream looks at
+// the URL again.
+type call struct {
+	api api
+	op  op
+	// refusal is set when the request is malformed: it is answered with it.
+	refusal *refusal
+
+	cache string
+	// topic is the topic name (publish, subscribe), after topic_prefix.
+	topic string
+	// key is the key as the upstream query expects it, after key_prefix:
+	// the client's key, query-escaped, or for key_base64 the unpadded
+	// URL-safe base64 text.
+	key       string
+	keyBase64 bool
+	// keySize is the client's key in bytes, decoded.
+	keySize int
+	// ttl is the validated ttl_seconds digits (set only).
+	ttl string
+	// seqNumber and seqPage are the validated subscribe cursor, "" if absent.
+	seqNumber, seqPage string
+	// contentType is a publish's validated Content-Type, forwarded as is.
+	contentType string
+	// bodySize is the request's declared Content-Length (-1: chunked).
+	bodySize int64
+	// hasTokenParam and hasAuthHeader record a credential of the client's
+	// own: a token query parameter, an Authorization header.
+	hasTokenParam bool
+	hasAuthHeader bool
+
+	// region is the region the call was routed to, and breakerOpen whether
+	// its breaker refused the call: what the placeholders show.
+	region      *region
+	breakerOpen bool
+}
+
+// parseCall reads what the client asks for. It reports false for paths
+// that are not Momento's API, which go to the next handler; a malformed
+// request to the API is a call with its refusal set.
+func parseCall(r *http.Request) (*call, bool) {
 	p := r.URL.Path
-	var c *call
-	var rf *refusal
+	c := &call{bodySize: r.ContentLength}
 	switch {
 	case strings.HasPrefix(p, cachePrefix):
-		c, rf = parseCachePath(r.Method, p[len(cachePrefix):])
+		c.api = apiCache
+		c.refusal = c.parseCachePath(r.Method, p[len(cachePrefix):])
 	case strings.HasPrefix(p, topicsPrefix):
-		c, rf = parseTopicPath(r.Method, p[len(topicsPrefix):])
+		c.api = apiTopics
+		c.refusal = c.parseTopicPath(r.Method, p[len(topicsPrefix):])
 	default:
-		return nil, nil
+		return nil, false
 	}
-	if rf != nil || c.op == opOptions {
-		return c, rf
+	if c.refusal != nil || c.op == opOptions {
+		return c, true
 	}
-	if rf := c.parseQuery(r.URL.RawQuery); rf != nil {
-		return nil, rf
+	if c.refusal = c.parseQuery(r.URL.RawQuery); c.refusal != nil {
+		return c, true
 	}
 	if c.op == opPublish {
-		if rf := c.checkContentType(r.Header.Get("Content-Type")); rf != nil {
-			return nil, rf
+		if c.refusal = c.checkContentType(r.Header.Get("Content-Type")); c.refusal != nil {
+			return c, true
 		}
 	}
 	c.hasAuthHeader = len(r.Header["Authorization"]) > 0
-	return c, nil
+	return c, true
 }
 
-func parseCachePath(method, cache string) (*call, *refusal) {
-	c := &call{cache: cache}
+func (c *call) parseCachePath(method, cache string) *refusal {
+	c.cache = cache
 	switch method {
 	case http.MethodGet:
 		c.op = opGet
@@ -188,21 +164,17 @@ func parseCachePath(method, cache string) (*call, *refusal) {
 		c.op = opDelete
 	case http.MethodOptions:
 		c.op = opOptions
-		return c, nil
+		return nil
 	default:
-		return nil, &refusal{status: http.StatusMethodNotAllowed,
+		return &refusal{status: http.StatusMethodNotAllowed,
 			msg:   "method " + method + " is not allowed on a cache; use GET, PUT or DELETE",
 			allow: allowedCacheMethods}
 	}
-	if msg := checkName("cache", cache); msg != "" {
-		return nil, refuse(http.StatusBadRequest, msg)
-	}
-	return c, nil
+	return checkName("cache", cache)
 }
 
-func parseTopicPath(method, rest string) (*call, *refusal) {
-	cache, topic, _ := strings.Cut(rest, "/")
-	c := &call{cache: cache, topic: topic}
+func (c *call) parseTopicPath(method, rest string) *refusal {
+	c.cache, c.topic, _ = strings.Cut(rest, "/")
 	switch method {
 	case http.MethodPost:
 		c.op = opPublish
@@ -210,30 +182,35 @@ func parseTopicPath(method, rest string) (*call, *refusal) {
 		c.op = opSubscribe
 	case http.MethodOptions:
 		c.op = opOptions
-		return c, nil
+		return nil
 	default:
-		return nil, &refusal{status: http.StatusMethodNotAllowed,
+		return &refusal{status: http.StatusMethodNotAllowed,
 			msg:   "method " + method + " is not allowed on a topic; use POST to publish or GET to subscribe",
 			allow: allowedTopicMethods}
 	}
-	if msg := checkName("cache", cache); msg != "" {
-		return nil, refuse(http.StatusBadRequest, msg)
+	if rf := checkName("cache", c.cache); rf != nil {
+		return rf
 	}
-	if topic == "" {
-		return nil, refuse(http.StatusBadRequest, "topic name is missing: use /topics/{cacheName}/{topicName}")
+	if c.topic == "" {
+		return refuse(http.StatusBadRequest, "topic name is missing: use /topics/{cacheName}/{topicName}")
 	}
-	if msg := checkName("topic", topic); msg != "" {
-		return nil, refuse(http.StatusBadRequest, msg)
-	}
-	return c, nil
+	return checkName("topic", c.topic)
 }
 
 // maxNameSize bounds cache and topic names: far above any real name, far
 // below what could hurt.
 const maxNameSize = 255
 
-// checkName returns why a cache or topic name is refused, or "".
-func checkName(what, name string) string {
+// checkName refuses a cache or topic name the gateway will not forward.
+func checkName(what, name string) *refusal {
+	if msg := nameProblem(what, name); msg != "" {
+		return refuse(http.StatusBadRequest, msg)
+	}
+	return nil
+}
+
+// nameProblem returns why a cache or topic name is unusable, or "".
+func nameProblem(what, name string) string {
 	if name == "" {
 		return what + " name is missing: use /cache/{cacheName} or /topics/{cacheName}/{topicName}"
 	}
@@ -385,7 +362,7 @@ func isUint(s string) bool {
 
 // upstreamPath is the path on the region's endpoint.
 func (c *call) upstreamPath(basePath string) string {
-	if c.topic != "" {
+	if c.api == apiTopics {
 		return basePath + topicsPrefix + c.cache + "/" + c.topic
 	}
 	return basePath + cachePrefix + c.cache
@@ -420,36 +397,4 @@ func (c *call) upstreamQuery() string {
 		q += "&ttl_seconds=" + c.ttl
 	}
 	return q
-}
-
-// Route sends the caches whose names match a glob to one region.
-type Route struct {
-	// A glob on the cache name, as path.Match understands it: * matches any
-	// run of characters, ? one, [a-z] a class. Example: "sessions-*".
-	Cache string `json:"cache"`
-
-	// The name of a configured region.
-	Region string `json:"region"`
-}
-
-// checkGlob returns why a cache glob is unusable, or "".
-func checkGlob(glob string) string {
-	if glob == "" {
-		return "cache glob is empty"
-	}
-	if _, err := path.Match(glob, ""); err != nil {
-		return "cache glob " + strconv.Quote(glob) + " is malformed (check its [ ] classes and \\ escapes)"
-	}
-	return ""
-}
-
-// regionFor picks the region for a cache: the first matching route, else
-// the default region; nil when neither applies.
-func (h *Handler) regionFor(cache string) *region {
-	for i := range h.routes {
-		if ok, _ := path.Match(h.routes[i].glob, cache); ok {
-			return h.routes[i].region
-		}
-	}
-	return h.defaultRegion
 }

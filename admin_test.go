@@ -2,12 +2,14 @@ package momento
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -28,7 +30,30 @@ func startOpsGateway(t *testing.T, site string) *opsGateway {
 		og.port, og.logPath = port, logPath
 		return og.caddyfile(site)
 	})
+	og.client.Transport = reloadTolerant{http.DefaultTransport}
 	return og
+}
+
+// reloadTolerant retries a request whose connection failed before any
+// answer. Caddy binds its listeners with SO_REUSEPORT: during a reload the
+// old and the new config's sockets both accept, and connections still
+// queued on the old one when it closes are reset, unread. Clients of a
+// reloading Caddy see this; the tests that reload retry such requests,
+// which the gateway never saw.
+type reloadTolerant struct{ next http.RoundTripper }
+
+func (rt reloadTolerant) RoundTrip(r *http.Request) (*http.Response, error) {
+	for attempt := 0; ; attempt++ {
+		resp, err := rt.next.RoundTrip(r)
+		if err == nil || attempt == 2 || !(errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF)) {
+			return resp, err
+		}
+		if r.GetBody != nil {
+			if r.Body, err = r.GetBody(); err != nil {
+				return nil, err
+			}
+		}
+	}
 }
 
 func (og *opsGateway) caddyfile(site string) string {
@@ -43,7 +68,7 @@ func (og *opsGateway) reload(t *testing.T, site string) {
 	req, _ := http.NewRequest(http.MethodPost, og.admin+"/load", strings.NewReader(og.caddyfile(site)))
 	req.Header.Set("Content-Type", "text/caddyfile")
 	req.Header.Set("Cache-Control", "must-revalidate")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := adminClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,11 +77,20 @@ func (og *opsGateway) reload(t *testing.T, site string) {
 		b, _ := io.ReadAll(resp.Body)
 		t.Fatalf("reload: %d %s", resp.StatusCode, b)
 	}
+	// The old config's server closes its keep-alive connections as it shuts
+	// down: start the next requests on fresh ones.
+	og.client.CloseIdleConnections()
 }
+
+// adminClient talks to Caddy's admin endpoint on fresh connections, since
+// Caddy restarts its admin server on every load, and retries a request
+// that meets the old one going away (loading the same config twice is
+// harmless).
+var adminClient = &http.Client{Transport: reloadTolerant{&http.Transport{DisableKeepAlives: true}}}
 
 func (og *opsGateway) adminGet(t *testing.T, path string) string {
 	t.Helper()
-	resp, err := http.Get(og.admin + path)
+	resp, err := adminClient.Get(og.admin + path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +182,7 @@ func TestMetricsAndAdminAPI(t *testing.T) {
 		t.Errorf("ops-bad: %+v", b)
 	}
 	g := regions["ops-good"]
-	if g.State != "closed" || g.Counts.Requests != 5 || g.Counts.Successes != 5 || g.TokenFingerprint != ParseToken("tok-good-1234567890").Fingerprint() {
+	if g.State != "closed" || g.Counts.Requests != 5 || g.Counts.Successes != 5 || g.TokenFingerprint != parseToken("tok-good-1234567890").Fingerprint() {
 		t.Errorf("ops-good: %+v", g)
 	}
 	if raw := og.adminGet(t, "/momento/regions"); strings.Contains(raw, "tok-good-1234567890") || strings.Contains(raw, "tok-bad") {
@@ -156,7 +190,7 @@ func TestMetricsAndAdminAPI(t *testing.T) {
 	}
 
 	// Reset by hand: the region gets traffic again at once.
-	resp, err := http.Post(og.admin+"/momento/regions/ops-bad/reset", "", nil)
+	resp, err := adminClient.Post(og.admin+"/momento/regions/ops-bad/reset", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +206,7 @@ func TestMetricsAndAdminAPI(t *testing.T) {
 	if bad.hits.Load() != hits+1 {
 		t.Fatal("after a reset the region got no traffic")
 	}
-	resp, _ = http.Post(og.admin+"/momento/regions/nowhere/reset", "", nil)
+	resp, _ = adminClient.Post(og.admin+"/momento/regions/nowhere/reset", "", nil)
 	resp.Body.Close()
 	if resp.StatusCode != 404 {
 		t.Errorf("reset of an unknown region: %d", resp.StatusCode)
@@ -206,7 +240,7 @@ func TestBreakerStateSurvivesReload(t *testing.T) {
 	// New breaker settings take effect on the kept breaker: reset it, and
 	// with failures 1 a single failure now opens it.
 	og.reload(t, site(bad.URL, "1", "6s"))
-	resp, _ := http.Post(og.admin+"/momento/regions/reload-r/reset", "", nil)
+	resp, _ := adminClient.Post(og.admin+"/momento/regions/reload-r/reset", "", nil)
 	resp.Body.Close()
 	expect(t, og.get("/cache/c?key=k"), 500, "boom")
 	expect(t, og.get("/cache/c?key=k"), 503, "circuit breaker is open")

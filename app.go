@@ -1,0 +1,231 @@
+package momento
+
+import (
+	"cmp"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// App is the `momento` app: for one config, the single owner of every
+// region the momento handlers reach, and of each region's shared state
+// (circuit breaker, connection pools) kept across reloads.
+//
+// Regions may be defined here, once, and used by any number of handlers;
+// a handler's own inline region blocks are registered here too, so that a
+// region has one definition per config: two handlers that define the same
+// region differently are refused at load, rather than one silently
+// overriding the other's breaker settings.
+type App struct {
+	// Regions defined for every momento handler in the config (the
+	// Caddyfile's global `momento { region … }` options). A handler uses
+	// them all when it defines none itself, or names the ones it uses.
+	Regions []RegionConfig `json:"regions,omitempty"`
+
+	logger *zap.Logger
+	// defined holds the regions defined so far in this config.
+	defined *definedRegions
+}
+
+// definedRegions are a config's regions by name, each with the definition
+// it came from. Handlers add theirs as they are provisioned.
+type definedRegions struct {
+	mu     sync.Mutex
+	byName map[string]*appRegion
+}
+
+type appRegion struct {
+	cfg    RegionConfig
+	region *region
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "momento",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision defines the app's own regions.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	if err := a.Validate(); err != nil {
+		return err
+	}
+	if err := registerMetrics(ctx.GetMetricsRegistry(), a); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
+	a.defined = &definedRegions{byName: map[string]*appRegion{}}
+	for _, rc := range a.Regions {
+		if _, err := a.define(rc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Validate checks what can be checked without resolving placeholders.
+func (a *App) Validate() error {
+	return validateRegions(a.Regions, "regions", nil, true)
+}
+
+// Start implements caddy.App; the regions need no background work.
+func (a *App) Start() error { return nil }
+
+// Stop implements caddy.App.
+func (a *App) Stop() error { return nil }
+
+// Cleanup releases this config's hold on each region's shared state; a
+// region no config uses any more closes its idle connections.
+func (a *App) Cleanup() error {
+	a.defined.mu.Lock()
+	defer a.defined.mu.Unlock()
+	for _, ar := range a.defined.byName {
+		_, _ = regionStates.Delete(ar.region.stateKey())
+	}
+	return nil
+}
+
+// define resolves a region definition for this config, or returns the
+// region already defined under its name if the definitions agree.
+func (a *App) define(rc RegionConfig) (*region, error) {
+	a.defined.mu.Lock()
+	defer a.defined.mu.Unlock()
+	if prev, ok := a.defined.byName[rc.Name]; ok {
+		if !prev.cfg.same(rc) {
+			return nil, withDefinedAt(fmt.Errorf("region %q is defined twice with different settings (also %s): define it once, in the global `momento` options, and name it in each handler",
+				rc.Name, cmp.Or(prev.cfg.DefinedAt, "in another handler")), rc.DefinedAt)
+		}
+		return prev.region, nil
+	}
+	rg, err := resolveRegion(rc, caddy.NewReplacer())
+	if err != nil {
+		return nil, withDefinedAt(err, rc.DefinedAt)
+	}
+	if err := rg.attach(a.logger); err != nil {
+		return nil, err
+	}
+	if !strings.Contains(rc.Token, "{") && rg.token.Kind() != TokenOpaque {
+		a.logger.Warn("a Momento token is written into the config itself, so `caddy adapt` and the admin API show it: use token {env.MOMENTO_API_KEY} or {file./path} instead",
+			zap.String("region", rg.name), zap.String("token_fingerprint", rg.token.Fingerprint()))
+	}
+	a.logger.Info("momento region",
+		zap.String("region", rg.name),
+		zap.String("endpoint", rg.endpoint),
+		zap.String("token_kind", string(rg.token.Kind())),
+		zap.String("token_fingerprint", rg.token.Fingerprint()))
+	a.defined.byName[rc.Name] = &appRegion{cfg: rc, region: rg}
+	return rg, nil
+}
+
+// lookup returns a region defined in this config by name.
+func (a *App) lookup(name string) (*region, bool) {
+	a.defined.mu.Lock()
+	defer a.defined.mu.Unlock()
+	ar, ok := a.defined.byName[name]
+	if !ok {
+		return nil, false
+	}
+	return ar.region, true
+}
+
+// globalRegions returns the regions of the global options, in their order.
+func (a *App) globalRegions() []*region {
+	out := make([]*region, 0, len(a.Regions))
+	for _, rc := range a.Regions {
+		if rg, ok := a.lookup(rc.Name); ok {
+			out = append(out, rg)
+		}
+	}
+	return out
+}
+
+// regions returns every region of this config, sorted by name.
+func (a *App) regions() []*region {
+	a.defined.mu.Lock()
+	defer a.defined.mu.Unlock()
+	out := make([]*region, 0, len(a.defined.byName))
+	for _, ar := range a.defined.byName {
+		out = append(out, ar.region)
+	}
+	slices.SortFunc(out, func(x, y *region) int { return strings.Compare(x.name, y.name) })
+	return out
+}
+
+// activeApp returns the momento app of the running config, if it has one.
+func activeApp() (*App, bool) {
+	app, err := caddy.ActiveContext().AppIfConfigured("momento")
+	if err != nil {
+		return nil, false
+	}
+	a, ok := app.(*App)
+	return a, ok
+}
+
+func withDefinedAt(err error, definedAt string) error {
+	if definedAt == "" {
+		return err
+	}
+	return fmt.Errorf("%w, at %s", err, definedAt)
+}
+
+// regionStates holds each region's shared state across config reloads,
+// keyed by region name and endpoint: a reload that keeps a region keeps its
+// breaker state and warm connections; one that removes the region or
+// changes its endpoint starts fresh.
+var regionStates = caddy.NewUsagePool()
+
+// regionState is the part of a region that outlives one config.
+type regionState struct {
+	breaker   *breaker
+	transport *http.Transport
+	longPoll  *http.Transport // subscribes
+}
+
+// Destruct closes idle upstream connections once no config uses the region.
+func (s *regionState) Destruct() error {
+	s.transport.CloseIdleConnections()
+	s.longPoll.CloseIdleConnections()
+	return nil
+}
+
+func (rg *region) stateKey() string { return rg.name + " " + rg.endpoint }
+
+// attach takes (or creates) the region's shared state and applies this
+// config's breaker settings to it.
+func (rg *region) attach(logger *zap.Logger) error {
+	val, loaded, err := regionStates.LoadOrNew(rg.stateKey(), func() (caddy.Destructor, error) {
+		return &regionState{
+			breaker:   newBreaker(rg.name, rg.breaker, logger),
+			transport: newTransport(),
+			longPoll:  newTransport(),
+		}, nil
+	})
+	if err != nil {
+		return fmt.Errorf("region %q: %v", rg.name, err)
+	}
+	rg.state = val.(*regionState)
+	if loaded {
+		rg.state.breaker.logger.Store(logger)
+		rg.state.breaker.configure(rg.breaker)
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+)
