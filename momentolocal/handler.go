@@ -2,13 +2,9 @@ package momentolocal
 
 import (
 	"crypto/subtle"
-	"encoding/base64"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
@@ -316,71 +312,6 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request) (query, bool) {
 	return q, true
 }
 
-// serveCache answers GET, PUT and DELETE on /cache/{cache}. Errors are
-// written here as plain text rather than returned, because Caddy without
-// handle_errors would answer them with an empty body.
-func (h *Handler) serveCache(w http.ResponseWriter, r *http.Request, cache string) {
-	q, ok := h.admit(w, r)
-	if !ok {
-		return
-	}
-	switch r.Method {
-	case http.MethodGet, http.MethodPut, http.MethodDelete:
-	default:
-		w.Header().Set("Allow", "GET, PUT, DELETE")
-		writeError(w, http.StatusMethodNotAllowed, "method "+r.Method+" is not allowed on /cache/: use GET, PUT or DELETE")
-		return
-	}
-	if problem := checkCacheName(cache); problem != "" {
-		writeError(w, http.StatusBadRequest, "invalid cache name: "+problem)
-		return
-	}
-	key, problem := q.itemKey()
-	if problem != "" {
-		writeError(w, http.StatusBadRequest, problem)
-		return
-	}
-	var ttl time.Duration
-	if r.Method == http.MethodPut {
-		if ttl, problem = q.ttl(); problem != "" {
-			writeError(w, http.StatusBadRequest, problem)
-			return
-		}
-	}
-	if !h.cacheExists(w, cache) {
-		return
-	}
-
-	switch r.Method {
-	case http.MethodGet:
-		value, ok := h.store.get(cache, key)
-		if !ok {
-			writeError(w, http.StatusNotFound, "Key Not Found")
-			return
-		}
-		// One allocation for both header values; capped so that an append
-		// to one cannot overwrite the other.
-		vals := []string{"application/octet-stream", strconv.Itoa(len(value))}
-		hdr := w.Header()
-		hdr["Content-Type"] = vals[0:1:1]
-		hdr["Content-Length"] = vals[1:2:2]
-		w.WriteHeader(http.StatusOK)
-		_, _ = w.Write(value)
-	case http.MethodPut:
-		value, status, err := readValue(r, int64(len(key)), h.MaxItemSize)
-		if err != nil {
-			h.logger.Debug("not storing item", zap.String("cache", cache), zap.Error(err))
-			writeError(w, status, err.Error())
-			return
-		}
-		h.store.set(cache, key, value, ttl)
-		w.WriteHeader(http.StatusNoContent)
-	case http.MethodDelete:
-		h.store.delete(cache, key)
-		w.WriteHeader(http.StatusNoContent)
-	}
-}
-
 // authorize checks the request's token against the configured one and
 // returns the status and message to answer with when it fails, or 0.
 // Messages never contain a token.
@@ -407,51 +338,6 @@ func (h *Handler) authorize(r *http.Request, q *query) (int, string) {
 	return 0, ""
 }
 
-// readValue reads a PUT body that, with a key of keyLen bytes, fits in
-// maxItemSize. On any failure it returns no value, the status to answer with
-// and the reason: a truncated upload must never be stored as if it were the
-// whole value.
-func readValue(r *http.Request, keyLen, maxItemSize int64) ([]byte, int, error) {
-	return readBody(r, maxItemSize-keyLen, func() error {
-		return fmt.Errorf("item too large: key plus value exceed max_item_size (%d bytes)", maxItemSize)
-	})
-}
-
-// readBody reads a request body of at most limit bytes, answering
-// tooLarge's error with 413 when it is larger. Like readValue, it returns
-// either the whole body or an error.
-func readBody(r *http.Request, limit int64, tooLarge func() error) ([]byte, int, error) {
-	if limit < 0 || r.ContentLength > limit {
-		return nil, http.StatusRequestEntityTooLarge, tooLarge()
-	}
-	var value []byte
-	var err error
-	if r.ContentLength >= 0 {
-		// The length is known and within bounds: read into a buffer of
-		// exactly that size, which then becomes the stored copy.
-		value = make([]byte, r.ContentLength)
-		_, err = io.ReadFull(r.Body, value)
-	} else {
-		value, err = io.ReadAll(io.LimitReader(r.Body, limit+1))
-		if err == nil && int64(len(value)) > limit {
-			return nil, http.StatusRequestEntityTooLarge, tooLarge()
-		}
-		// Don't let append's spare capacity count as memory nobody sees.
-		if cap(value)-len(value) > len(value)/8 {
-			value = append([]byte(nil), value...)
-		}
-	}
-	if err != nil {
-		// An earlier handler such as request_body may have set a limit.
-		var maxBytes *http.MaxBytesError
-		if errors.As(err, &maxBytes) {
-			return nil, http.StatusRequestEntityTooLarge, err
-		}
-		return nil, http.StatusBadRequest, fmt.Errorf("reading the request body: %w", err)
-	}
-	return value, 0, nil
-}
-
 // writeError answers with a plain-text message, as Momento does.
 func writeError(w http.ResponseWriter, status int, message string) {
 	vals := []string{"text/plain; charset=utf-8", "nosniff"}
@@ -460,140 +346,6 @@ func writeError(w http.ResponseWriter, status int, message string) {
 	hdr["X-Content-Type-Options"] = vals[1:2:2]
 	w.WriteHeader(status)
 	_, _ = io.WriteString(w, message)
-}
-
-// checkCacheName returns what is wrong with a cache name, or "".
-func checkCacheName(name string) string { return checkName("cache", name) }
-
-// checkName returns what is wrong with the name of a cache or topic (what),
-// or "".
-func checkName(what, name string) string {
-	if name == "" {
-		return what + " name is empty"
-	}
-	if strings.Contains(name, "/") {
-		return what + " name must not contain '/'"
-	}
-	if strings.Contains(name, "..") {
-		return what + " name must not contain '..'"
-	}
-	for i := 0; i < len(name); i++ {
-		if c := name[i]; c < 0x20 || c == 0x7f {
-			return what + " name must not contain control characters"
-		}
-	}
-	return ""
-}
-
-// query holds the query parameters the cache and topics APIs read, still
-// undecoded where decoding is only needed for some operations.
-type query struct {
-	key            string
-	keyBase64      string
-	ttlSeconds     string
-	token          string
-	sequenceNumber string
-	sequencePage   string
-	hasKey         bool
-	hasKeyBase64   bool
-	hasTTL         bool
-	hasToken       bool
-	hasSeqNumber   bool
-	hasSeqPage     bool
-}
-
-// parseQuery scans a raw query for the parameters the API reads. It
-// avoids url.ParseQuery, which allocates a map and slices for every
-// request, and unescapes only values that need it. Unknown parameters are
-// ignored; a parameter given twice is a problem, since it is ambiguous.
-func parseQuery(raw string) (query, string) {
-	var q query
-	for raw != "" {
-		var part string
-		part, raw, _ = strings.Cut(raw, "&")
-		if part == "" {
-			continue
-		}
-		name, value, _ := strings.Cut(part, "=")
-		name, err := unescape(name)
-		if err != nil {
-			return q, "malformed query: " + err.Error()
-		}
-		var dst *string
-		var seen *bool
-		switch name {
-		case "key":
-			dst, seen = &q.key, &q.hasKey
-		case "key_base64":
-			dst, seen = &q.keyBase64, &q.hasKeyBase64
-		case "ttl_seconds":
-			dst, seen = &q.ttlSeconds, &q.hasTTL
-		case "token":
-			dst, seen = &q.token, &q.hasToken
-		case "sequence_number":
-			dst, seen = &q.sequenceNumber, &q.hasSeqNumber
-		case "sequence_page":
-			dst, seen = &q.sequencePage, &q.hasSeqPage
-		default:
-			continue
-		}
-		if *seen {
-			return q, "query parameter " + name + " is given more than once"
-		}
-		if *dst, err = unescape(value); err != nil {
-			return q, "malformed query: " + err.Error()
-		}
-		*seen = true
-	}
-	return q, ""
-}
-
-func unescape(s string) (string, error) {
-	if !strings.ContainsAny(s, "%+") {
-		return s, nil
-	}
-	return url.QueryUnescape(s)
-}
-
-// itemKey returns the key the request addresses: key as given, or the
-// bytes key_base64 decodes to, so both forms address the same item.
-func (q *query) itemKey() (string, string) {
-	switch {
-	case q.hasKey && q.hasKeyBase64:
-		return "", "give exactly one of the key and key_base64 query parameters, not both"
-	case q.hasKey:
-		if q.key == "" {
-			return "", "key is empty"
-		}
-		return q.key, ""
-	case q.hasKeyBase64:
-		// Momento's example omits the padding; accept it either way.
-		b, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(q.keyBase64, "="))
-		if err != nil {
-			return "", "key_base64 is not valid URL-safe base64"
-		}
-		if len(b) == 0 {
-			return "", "key_base64 is empty"
-		}
-		return string(b), ""
-	default:
-		return "", "missing key: give the key or key_base64 query parameter"
-	}
-}
-
-// ttl returns the item lifetime a PUT asks for.
-func (q *query) ttl() (time.Duration, string) {
-	if !q.hasTTL {
-		return 0, "missing ttl_seconds: give the item's lifetime in whole seconds"
-	}
-	n, err := strconv.ParseInt(q.ttlSeconds, 10, 64)
-	if err != nil || n <= 0 {
-		return 0, "ttl_seconds must be a positive whole number of seconds"
-	}
-	if n > maxTTLSeconds {
-		return 0, fmt.Sprintf("ttl_seconds must be at most %d", maxTTLSeconds)
-	}
-	return time.Duration(n) * time.Second, ""
 }
 
 // Interface guards
