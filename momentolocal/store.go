@@ -25,7 +25,7 @@ const (
 //
 // Each shard keeps its own LRU list ordered by a global access sequence, so
 // the globally least recently used item is always the oldest of the shard
-// tails; eviction compares those tails and so stays exact across shards.
+// lists' fronts; eviction compares those and so stays exact across shards.
 //
 // Topic messages share the bound: each takes a number from the same access
 // sequence when published, so eviction can weigh the earliest message still
@@ -46,13 +46,12 @@ type store struct {
 	evictMu sync.Mutex
 }
 
-// shard is one lock's share of the items. Its LRU list runs from head
-// (most recently used) to tail (least recently used).
+// shard is one lock's share of the items, with their LRU list: least
+// recently used at the front.
 type shard struct {
 	mu    sync.Mutex
 	items map[itemKey]*entry
-	head  *entry
-	tail  *entry
+	lru   list[entry, *entry]
 
 	// Pad to a cache line of its own so that locking one shard does not
 	// slow down neighbours that share the line.
@@ -70,10 +69,11 @@ type entry struct {
 	k       itemKey
 	value   []byte // never modified once stored, so readers may use it unlocked
 	expires time.Time
-	seq     uint64
-	prev    *entry // towards head
-	next    *entry // towards tail
+	seq     uint64 // the store's access sequence when it was last used
+	lru     links[entry]
 }
+
+func (e *entry) links() *links[entry] { return &e.lru }
 
 func (e *entry) size() int64 { return int64(len(e.k.key) + len(e.value)) }
 
@@ -132,7 +132,7 @@ func (s *store) set(cache, key string, value []byte, ttl time.Duration) {
 			expires: expires,
 		}
 		sh.items[e.k] = e
-		s.pushFront(sh, e)
+		s.add(sh, e)
 		s.bytes.Add(e.size())
 		s.items.Add(1)
 	}
@@ -238,8 +238,8 @@ func (s *store) evict() {
 		for i := range s.shards {
 			sh := &s.shards[i]
 			sh.mu.Lock()
-			if sh.tail != nil && (oldest == nil || sh.tail.seq < oldestSeq) {
-				oldest, oldestSeq = sh, sh.tail.seq
+			if e := sh.lru.oldest(); e != nil && (oldest == nil || e.seq < oldestSeq) {
+				oldest, oldestSeq = sh, e.seq
 			}
 			sh.mu.Unlock()
 		}
@@ -252,62 +252,34 @@ func (s *store) evict() {
 		if oldest == nil {
 			return // what is left (topics with waiting subscribers) cannot be evicted
 		}
-		// The tail may have been used or removed since it was seen; then
+		// The front may have been used or removed since it was seen; then
 		// this evicts a slightly newer item, which only bends LRU order
 		// under a race and still makes progress.
 		oldest.mu.Lock()
-		if oldest.tail != nil {
-			s.remove(oldest, oldest.tail)
+		if e := oldest.lru.oldest(); e != nil {
+			s.remove(oldest, e)
 		}
 		oldest.mu.Unlock()
 	}
 }
 
-// The list helpers below require sh.mu to be held.
+// The helpers below require sh.mu to be held.
 
+// touch marks e as the most recently used item.
 func (s *store) touch(sh *shard, e *entry) {
 	e.seq = s.seq.Add(1)
-	if sh.head == e {
-		return
-	}
-	s.unlink(sh, e)
-	s.linkFront(sh, e)
+	sh.lru.moveToBack(e)
 }
 
-func (s *store) pushFront(sh *shard, e *entry) {
+// add puts a new item, already in sh.items, on the LRU list.
+func (s *store) add(sh *shard, e *entry) {
 	e.seq = s.seq.Add(1)
-	s.linkFront(sh, e)
+	sh.lru.pushBack(e)
 }
 
 func (s *store) remove(sh *shard, e *entry) {
 	delete(sh.items, e.k)
-	s.unlink(sh, e)
+	sh.lru.remove(e)
 	s.bytes.Add(-e.size())
 	s.items.Add(-1)
-}
-
-func (s *store) linkFront(sh *shard, e *entry) {
-	e.prev = nil
-	e.next = sh.head
-	if sh.head != nil {
-		sh.head.prev = e
-	}
-	sh.head = e
-	if sh.tail == nil {
-		sh.tail = e
-	}
-}
-
-func (s *store) unlink(sh *shard, e *entry) {
-	if e.prev != nil {
-		e.prev.next = e.next
-	} else {
-		sh.head = e.next
-	}
-	if e.next != nil {
-		e.next.prev = e.prev
-	} else {
-		sh.tail = e.prev
-	}
-	e.prev, e.next = nil, nil
 }

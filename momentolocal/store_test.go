@@ -19,12 +19,12 @@ func checkInvariants(t *testing.T, s *store) {
 		sh.mu.Lock()
 		n := 0
 		var prev *entry
-		for e := sh.head; e != nil; e = e.next {
-			if e.prev != prev {
+		for e := sh.lru.oldest(); e != nil; e = newer(e) {
+			if older(e) != prev {
 				t.Errorf("shard %d: broken prev link at %q", i, e.k.key)
 			}
-			if prev != nil && prev.seq <= e.seq {
-				t.Errorf("shard %d: %q (seq %d) listed before older %q (seq %d)", i, e.k.key, e.seq, prev.k.key, prev.seq)
+			if prev != nil && prev.seq >= e.seq {
+				t.Errorf("shard %d: %q (seq %d) listed after newer %q (seq %d)", i, e.k.key, e.seq, prev.k.key, prev.seq)
 			}
 			if sh.items[e.k] != e {
 				t.Errorf("shard %d: listed item %q is not in the map", i, e.k.key)
@@ -33,8 +33,8 @@ func checkInvariants(t *testing.T, s *store) {
 			bytes += e.size()
 			prev = e
 		}
-		if sh.tail != prev {
-			t.Errorf("shard %d: tail is not the last item", i)
+		if sh.lru.newest() != prev {
+			t.Errorf("shard %d: the newest is not the last item listed", i)
 		}
 		if n != len(sh.items) {
 			t.Errorf("shard %d: %d items listed, %d in the map", i, n, len(sh.items))

@@ -43,13 +43,12 @@ type topics struct {
 	// without taking mu.
 	memory atomic.Int64
 
-	mu       sync.Mutex
-	byKey    map[topicKey]*topic
-	oldest   *message // the earliest published message still buffered
-	newest   *message
-	lastPage uint64
-	closed   chan struct{} // closed by close, to release waiting subscribers
-	isClosed bool
+	mu        sync.Mutex
+	byKey     map[topicKey]*topic
+	published list[message, *message] // every buffered message, in publish order
+	lastPage  uint64
+	closed    chan struct{} // closed by close, to release waiting subscribers
+	isClosed  bool
 }
 
 type topicKey struct {
@@ -80,9 +79,10 @@ type message struct {
 	lru   uint64 // the store's access sequence when it was published
 	value []byte // its JSON, see encodeValue
 	topic *topic
-	older *message // in publish order across all topics
-	newer *message
+	order links[message] // on topics.published
 }
+
+func (m *message) links() *links[message] { return &m.order }
 
 func (m *message) cost() int64 { return int64(len(m.value)) + messageOverhead }
 
@@ -107,15 +107,10 @@ func (ts *topics) publish(cache, name string, value []byte) {
 	if len(t.messages) == ts.capacity {
 		ts.drop(t.messages[0])
 	}
-	m := &message{seq: t.next, lru: ts.store.seq.Add(1), value: value, topic: t, older: ts.newest}
+	m := &message{seq: t.next, lru: ts.store.seq.Add(1), value: value, topic: t}
 	t.next++
 	t.messages = append(t.messages, m)
-	if ts.newest != nil {
-		ts.newest.newer = m
-	} else {
-		ts.oldest = m
-	}
-	ts.newest = m
+	ts.published.pushBack(m)
 	ts.memory.Add(m.cost())
 	if t.ready != nil {
 		close(t.ready)
@@ -223,16 +218,17 @@ func (ts *topics) close() {
 func (ts *topics) oldestMessage() (uint64, bool) {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
-	if ts.oldest == nil {
+	m := ts.published.oldest()
+	if m == nil {
 		return 0, false
 	}
-	return ts.oldest.lru, true
+	return m.lru, true
 }
 
 // dropOldestMessage drops the earliest published message still buffered.
 func (ts *topics) dropOldestMessage() {
 	ts.mu.Lock()
-	if m := ts.oldest; m != nil {
+	if m := ts.published.oldest(); m != nil {
 		ts.drop(m)
 		ts.forgetIfIdle(m.topic)
 	}
@@ -276,16 +272,6 @@ func (ts *topics) drop(m *message) {
 	if len(t.messages) == 0 {
 		t.messages = nil // let the buffer's array go
 	}
-	if m.older != nil {
-		m.older.newer = m.newer
-	} else {
-		ts.oldest = m.newer
-	}
-	if m.newer != nil {
-		m.newer.older = m.older
-	} else {
-		ts.newest = m.older
-	}
-	m.older, m.newer = nil, nil
+	ts.published.remove(m)
 	ts.memory.Add(-m.cost())
 }

@@ -34,21 +34,21 @@ func checkTopics(t *testing.T, ts *topics) {
 		memory += tp.cost()
 	}
 	listed := 0
-	var older *message
-	for m := ts.oldest; m != nil; m = m.newer {
-		if m.older != older {
+	var prev *message
+	for m := ts.published.oldest(); m != nil; m = newer(m) {
+		if older(m) != prev {
 			t.Errorf("broken link at message %d", m.seq)
 		}
-		if older != nil && older.lru >= m.lru {
-			t.Errorf("publish order broken: %d listed after %d", m.lru, older.lru)
+		if prev != nil && prev.lru >= m.lru {
+			t.Errorf("publish order broken: %d listed after %d", m.lru, prev.lru)
 		}
 		if ts.byKey[m.topic.key] != m.topic {
 			t.Errorf("listed message %d of a forgotten topic", m.seq)
 		}
-		older = m
+		prev = m
 		listed++
 	}
-	if ts.newest != older {
+	if ts.published.newest() != prev {
 		t.Error("newest is not the last listed message")
 	}
 	if listed != buffered {
