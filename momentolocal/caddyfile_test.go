@@ -62,7 +62,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{
 			name:    "unknown subdirective",
 			input:   "momento_local {\n\ttoken t\n\tcolour red\n}",
-			wantErr: "unrecognized momento_local subdirective 'colour', at Testfile:3",
+			wantErr: "unrecognized momento_local subdirective 'colour' (valid: token, caches, max_item_size, max_memory, max_message_size, topic_buffer), at Testfile:3",
 		},
 		{
 			name:    "token without value",
@@ -77,7 +77,27 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{
 			name:    "token twice",
 			input:   "momento_local {\n\ttoken a\n\ttoken b\n}",
-			wantErr: "token already specified, at Testfile:3",
+			wantErr: "token is already given at Testfile:2; give it once, at Testfile:3",
+		},
+		{
+			name:    "max_memory twice",
+			input:   "momento_local {\n\tmax_memory 1MiB\n\tcaches a\n\tmax_memory 2MiB\n}",
+			wantErr: "max_memory is already given at Testfile:2; give it once, at Testfile:4",
+		},
+		{
+			name:    "max_item_size twice",
+			input:   "momento_local {\n\tmax_item_size 1KiB\n\tmax_item_size 1KiB\n}",
+			wantErr: "max_item_size is already given at Testfile:2",
+		},
+		{
+			name:    "max_message_size twice",
+			input:   "momento_local {\n\tmax_message_size 1KiB\n\tmax_message_size 2KiB\n}",
+			wantErr: "max_message_size is already given at Testfile:2",
+		},
+		{
+			name:    "topic_buffer twice",
+			input:   "momento_local {\n\ttopic_buffer 1\n\ttopic_buffer 2\n}",
+			wantErr: "topic_buffer is already given at Testfile:2",
 		},
 		{
 			name:    "caches without names",
@@ -216,7 +236,7 @@ func TestAdaptCaddyfile(t *testing.T) {
 		{
 			name:    "error carries the line",
 			caddy:   ":8080 {\n\tmomento_local {\n\t\tcolour red\n\t}\n}",
-			wantErr: "unrecognized momento_local subdirective 'colour', at Caddyfile:3",
+			wantErr: "unrecognized momento_local subdirective 'colour' (valid: token, caches, max_item_size, max_memory, max_message_size, topic_buffer), at Caddyfile:3",
 		},
 		{
 			name:    "topic_buffer error carries the line",

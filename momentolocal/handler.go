@@ -1,6 +1,7 @@
 package momentolocal
 
 import (
+	"cmp"
 	"crypto/subtle"
 	"fmt"
 	"io"
@@ -87,21 +88,24 @@ type Handler struct {
 	// oldest one kept. Default: 256.
 	TopicBuffer int `json:"topic_buffer,omitempty"`
 
-	// Now returns the current time; nil means time.Now. Tests set it to
-	// move time forward without sleeping. It is not configuration.
-	Now func() time.Time `json:"-"`
-
 	store   *store
 	topics  *topics
 	sweeper *sweeper
 	caches  map[string]struct{}
 	logger  *zap.Logger
 
-	// sweepTicks replaces the sweep ticker in tests.
-	sweepTicks <-chan time.Time
+	hooks hooks
+}
 
-	// onWait, when set (by tests), is called each time a subscriber starts
-	// waiting for a publish, with no lock held.
+// hooks are the seams tests use to drive time and follow subscribers; all
+// are nil in production.
+type hooks struct {
+	// now returns the current time; nil means time.Now.
+	now func() time.Time
+	// sweepTicks replaces the sweep ticker.
+	sweepTicks <-chan time.Time
+	// onWait is called each time a subscriber starts waiting for a
+	// publish, with no lock held.
 	onWait func()
 }
 
@@ -136,18 +140,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // start is what New and Provision share. The sweeper stops on Close or
 // when done is closed.
 func (h *Handler) start(done <-chan struct{}) error {
-	if h.MaxItemSize == 0 {
-		h.MaxItemSize = DefaultMaxItemSize
-	}
-	if h.MaxMemory == 0 {
-		h.MaxMemory = DefaultMaxMemory
-	}
-	if h.MaxMessageSize == 0 {
-		h.MaxMessageSize = DefaultMaxMessageSize
-	}
-	if h.TopicBuffer == 0 {
-		h.TopicBuffer = DefaultTopicBuffer
-	}
+	h.MaxItemSize = cmp.Or(h.MaxItemSize, DefaultMaxItemSize)
+	h.MaxMemory = cmp.Or(h.MaxMemory, DefaultMaxMemory)
+	h.MaxMessageSize = cmp.Or(h.MaxMessageSize, DefaultMaxMessageSize)
+	h.TopicBuffer = cmp.Or(h.TopicBuffer, DefaultTopicBuffer)
 	if err := h.Validate(); err != nil {
 		return err
 	}
@@ -158,13 +154,13 @@ func (h *Handler) start(done <-chan struct{}) error {
 			h.caches[name] = struct{}{}
 		}
 	}
-	now := h.Now
+	now := h.hooks.now
 	if now == nil {
 		now = time.Now
 	}
 	h.store = newStore(h.MaxMemory, now)
-	h.topics = newTopics(h.store, h.TopicBuffer, now, h.onWait)
-	h.sweeper = startSweeper(h.store, sweepInterval, h.sweepTicks, done)
+	h.topics = newTopics(h.store, h.TopicBuffer, now, h.hooks.onWait)
+	h.sweeper = startSweeper(h.store, sweepInterval, h.hooks.sweepTicks, done)
 
 	h.logger.Debug("momento_local ready",
 		zap.Bool("token_required", h.Token != ""),
@@ -190,13 +186,7 @@ func (h *Handler) Validate() error {
 	if h.TopicBuffer < 0 {
 		return fmt.Errorf("topic_buffer must be positive, got %d", h.TopicBuffer)
 	}
-	itemSize, memory := h.MaxItemSize, h.MaxMemory
-	if itemSize == 0 {
-		itemSize = DefaultMaxItemSize
-	}
-	if memory == 0 {
-		memory = DefaultMaxMemory
-	}
+	itemSize, memory := cmp.Or(h.MaxItemSize, DefaultMaxItemSize), cmp.Or(h.MaxMemory, DefaultMaxMemory)
 	if memory < itemSize+itemOverhead {
 		return fmt.Errorf("max_memory (%d bytes) must exceed max_item_size (%d bytes) by at least %d bytes of per-item overhead, or the largest item could never be kept; raise max_memory or lower max_item_size",
 			memory, itemSize, itemOverhead)

@@ -49,9 +49,11 @@ type backend struct {
 func newBackend(t *testing.T, cfg Handler) *backend {
 	t.Helper()
 	b := &backend{t: t, clock: newClock(), ticks: make(chan time.Time), waits: make(chan struct{}, 4096)}
-	cfg.Now = b.clock.Now
-	cfg.sweepTicks = b.ticks
-	cfg.onWait = func() { b.waits <- struct{}{} }
+	cfg.hooks = hooks{
+		now:        b.clock.Now,
+		sweepTicks: b.ticks,
+		onWait:     func() { b.waits <- struct{}{} },
+	}
 	h, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)

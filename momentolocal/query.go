@@ -9,6 +9,13 @@ import (
 	"time"
 )
 
+// The wire vocabulary in this file (the query scanner, key forms, name
+// rules) is written again, on purpose, in the gateway's own request parser
+// (the root package's router.go). Neither package imports the other's: the
+// backend is the independent oracle the gateway's tests talk to, so a
+// parsing mistake made in one place cannot pass both sides unnoticed. Keep
+// them in step by what Momento documents, not by sharing code.
+
 // checkCacheName returns what is wrong with a cache name, or "".
 func checkCacheName(name string) string { return checkName("cache", name) }
 
@@ -51,8 +58,11 @@ type query struct {
 
 // parseQuery scans a raw query for the parameters the API reads. It
 // avoids url.ParseQuery, which allocates a map and slices for every
-// request, and unescapes only values that need it. Unknown parameters are
-// ignored; a parameter given twice is a problem, since it is ambiguous.
+// request, and unescapes only values that need it. Only '&' separates
+// parameters, as in browsers' URLSearchParams: a raw ';' is part of a
+// value, so key=a;b is the key "a;b" (clients that do not encode keys send
+// that). Unknown parameters are ignored; a parameter given twice is a
+// problem, since it is ambiguous.
 func parseQuery(raw string) (query, string) {
 	var q query
 	for raw != "" {

@@ -853,7 +853,7 @@ func subscriberCosts(tb testing.TB, n int, report func(name string, goroutines, 
 		{"one topic", func(int) string { return "/topics/c/t" }},
 		{"a topic each", func(i int) string { return fmt.Sprintf("/topics/c/t%d", i) }},
 	} {
-		lh, err := New(Handler{onWait: func() { started <- struct{}{} }})
+		lh, err := New(Handler{hooks: hooks{onWait: func() { started <- struct{}{} }}})
 		if err != nil {
 			tb.Fatal(err)
 		}
