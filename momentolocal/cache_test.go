@@ -74,6 +74,13 @@ func TestKeyForms(t *testing.T) {
 	b.expect("get binary key", b.get("/cache/c?key_base64="+strings.TrimRight(enc, "=")), http.StatusOK, "v2")
 	b.expect("get binary key escaped", b.get("/cache/c?key=%00%FF%FE%2F%2B+%3D"), http.StatusOK, "v2")
 
+	// A raw ';' is part of the value, not a separator: the key is "a;b".
+	b.expect("put raw ;", b.put("/cache/c?key=a;b&ttl_seconds=60", "semi"), http.StatusNoContent, "")
+	b.expect("get escaped ;", b.get("/cache/c?key=a%3Bb"), http.StatusOK, "semi")
+	b.expect("get by base64 of a;b", b.get("/cache/c?key_base64="+base64.RawURLEncoding.EncodeToString([]byte("a;b"))), http.StatusOK, "semi")
+	b.expect("a alone", b.get("/cache/c?key=a"), http.StatusNotFound, "Key Not Found")
+	b.expect("delete raw ;", b.do(http.MethodDelete, "/cache/c?key=a;b", nil, nil), http.StatusNoContent, "")
+
 	b.expect("delete by key_base64", b.do(http.MethodDelete, "/cache/c?key_base64=ZXhhbXBsZV9rZXk", nil, nil), http.StatusNoContent, "")
 	b.expect("get deleted by key", b.get("/cache/c?key=example_key"), http.StatusNotFound, "Key Not Found")
 	if b.h.Len() != 1 {

@@ -17,11 +17,13 @@
 //
 // Topics are served the way Momento's HTTP API describes them:
 //
-//   - POST /topics/{cache}/{topic} publishes the body. Its Content-Type is
-//     text/plain (UTF-8; a charset parameter, if any, must say so) for a
-//     text message or application/octet-stream for a binary one; anything
-//     else is 400. Success is 204; a body over max_message_size is 413, and
-//     a body that cannot be read whole is not published either.
+//   - POST /topics/{cache}/{topic} publishes the body: a binary message
+//     when its Content-Type is application/octet-stream, a text message
+//     for any other type or none (Momento takes curl -d's
+//     application/x-www-form-urlencoded and application/json as text too).
+//     A text message that is not valid UTF-8 is 400. Success is 204; a
+//     body over max_message_size is 413, and a body that cannot be read
+//     whole is not published either.
 //   - GET /topics/{cache}/{topic}?sequence_number=N&sequence_page=P
 //     subscribes. N and P are whole numbers, absent meaning 0. It answers
 //     200 with Content-Type application/json as soon as it has something
