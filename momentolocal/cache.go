@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -97,15 +98,18 @@ func readBody(r *http.Request, limit int64, tooLarge func() error) ([]byte, int,
 	var err error
 	if r.ContentLength >= 0 {
 		// The length is known and within bounds: read into a buffer of
-		// exactly that size, which then becomes the stored copy.
-		value = make([]byte, r.ContentLength)
+		// that size, which then becomes the stored copy. slices.Grow
+		// rounds its capacity up to the allocator's size class, so the
+		// capacity tells max_memory what the buffer really takes.
+		value = slices.Grow([]byte(nil), int(r.ContentLength))[:r.ContentLength]
 		_, err = io.ReadFull(r.Body, value)
 	} else {
 		value, err = io.ReadAll(io.LimitReader(r.Body, limit+1))
 		if err == nil && int64(len(value)) > limit {
 			return nil, http.StatusRequestEntityTooLarge, tooLarge()
 		}
-		// Don't let append's spare capacity count as memory nobody sees.
+		// Don't keep ReadAll's spare capacity, which max_memory would
+		// count; append to nil rounds only up to a size class.
 		if cap(value)-len(value) > len(value)/8 {
 			value = append([]byte(nil), value...)
 		}

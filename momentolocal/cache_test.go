@@ -312,10 +312,11 @@ func TestAbortedUploadStoresNothing(t *testing.T) {
 }
 
 func TestLRUEviction(t *testing.T) {
-	// Every item is a 2-byte key and 98-byte value: 100 bytes plus overhead.
-	const itemCost = 100 + itemOverhead
+	// Every item is a 2-byte key and a 96-byte value (96 is an allocation
+	// size class, so the value takes exactly that): 98 bytes plus overhead.
+	const itemCost = 2 + 96 + itemOverhead
 	b := newBackend(t, Handler{MaxItemSize: 100, MaxMemory: 5 * itemCost})
-	value := strings.Repeat("v", 98)
+	value := strings.Repeat("v", 96)
 	put := func(i int) {
 		b.expect("put", b.put(fmt.Sprintf("/cache/c?key=k%d&ttl_seconds=60", i), value), http.StatusNoContent, "")
 	}
@@ -337,8 +338,8 @@ func TestLRUEviction(t *testing.T) {
 			t.Errorf("k%d: status %d, want %d", i, r.status, want)
 		}
 	}
-	if b.h.Len() != 5 || b.h.Bytes() != 500 {
-		t.Errorf("Len %d Bytes %d, want 5 500", b.h.Len(), b.h.Bytes())
+	if b.h.Len() != 5 || b.h.Bytes() != 5*98 {
+		t.Errorf("Len %d Bytes %d, want 5 %d", b.h.Len(), b.h.Bytes(), 5*98)
 	}
 }
 

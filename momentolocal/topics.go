@@ -15,13 +15,16 @@ const (
 	// carries; a subscriber further behind gets the rest on its next poll.
 	maxSubscribeItems = 100
 
-	// messageOverhead estimates what a buffered message costs beyond its
-	// encoded value: the message struct and its slot in the topic's buffer.
-	messageOverhead = 96
+	// messageOverhead is what a buffered message costs beyond its encoded
+	// value's buffer: the message struct (64 bytes) and its slot in the
+	// topic's buffer, which append grows to twice what it holds.
+	// TestTopicMemoryBound measures it with runtime.MemStats.
+	messageOverhead = 80
 
-	// topicOverhead estimates what a topic costs beyond its names: the
-	// topic struct and its map slot.
-	topicOverhead = 192
+	// topicOverhead is what a topic costs beyond its names: the topic
+	// struct, its map slot and its names' rounding up to a size class, as
+	// TestTopicMemoryBound measures it.
+	topicOverhead = 224
 )
 
 // errClosed is what subscribers waiting when the handler closes get.
@@ -44,7 +47,7 @@ type topics struct {
 	memory atomic.Int64
 
 	mu        sync.Mutex
-	byKey     map[topicKey]*topic
+	byKey     shrinkingMap[topicKey, *topic]
 	published list[message, *message] // every buffered message, in publish order
 	lastPage  uint64
 	closed    chan struct{} // closed by close, to release waiting subscribers
@@ -84,7 +87,9 @@ type message struct {
 
 func (m *message) links() *links[message] { return &m.order }
 
-func (m *message) cost() int64 { return int64(len(m.value)) + messageOverhead }
+// cost is what the message counts against max_memory: its buffer, by
+// capacity (see encodeValue), and messageOverhead.
+func (m *message) cost() int64 { return int64(cap(m.value)) + messageOverhead }
 
 func newTopics(s *store, capacity int, now func() time.Time, onWait func()) *topics {
 	ts := &topics{
@@ -92,7 +97,7 @@ func newTopics(s *store, capacity int, now func() time.Time, onWait func()) *top
 		capacity: capacity,
 		now:      now,
 		onWait:   onWait,
-		byKey:    make(map[topicKey]*topic),
+		byKey:    newShrinkingMap[topicKey, *topic](),
 		closed:   make(chan struct{}),
 	}
 	s.topics = ts
@@ -239,7 +244,7 @@ func (ts *topics) dropOldestMessage() {
 
 // topicFor returns a topic, creating it with a new page if need be.
 func (ts *topics) topicFor(cache, name string) *topic {
-	if t := ts.byKey[topicKey{cache, name}]; t != nil {
+	if t := ts.byKey.m[topicKey{cache, name}]; t != nil {
 		return t
 	}
 	page := uint64(max(ts.now().Unix(), 1))
@@ -249,7 +254,7 @@ func (ts *topics) topicFor(cache, name string) *topic {
 	ts.lastPage = page
 	// Clone so that the topic does not pin the request's URL.
 	t := &topic{key: topicKey{strings.Clone(cache), strings.Clone(name)}, page: page}
-	ts.byKey[t.key] = t
+	ts.byKey.m[t.key] = t
 	ts.memory.Add(t.cost())
 	return t
 }
@@ -258,8 +263,8 @@ func (ts *topics) topicFor(cache, name string) *topic {
 // subscribers: nobody would miss it, and a client must not be able to make
 // topics without bound. A subscriber that comes back finds a new page.
 func (ts *topics) forgetIfIdle(t *topic) {
-	if len(t.messages) == 0 && t.waiters == 0 && ts.byKey[t.key] == t {
-		delete(ts.byKey, t.key)
+	if len(t.messages) == 0 && t.waiters == 0 && ts.byKey.m[t.key] == t {
+		ts.byKey.delete(t.key)
 		ts.memory.Add(-t.cost())
 	}
 }

@@ -95,7 +95,7 @@ func (h *Handler) publish(w http.ResponseWriter, r *http.Request, cache, topic s
 		return
 	}
 	value := encodeValue(body, binary)
-	if cost := int64(len(value)) + messageOverhead + topicOverhead + int64(len(cache)+len(topic)); cost > h.MaxMemory {
+	if cost := int64(cap(value)) + messageOverhead + topicOverhead + int64(len(cache)+len(topic)); cost > h.MaxMemory {
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf(
 			"message too large: it would take %d bytes of memory, more than max_memory (%d bytes); nothing was published", cost, h.MaxMemory))
 		return
@@ -118,20 +118,23 @@ func isBinary(contentType string) bool {
 
 // encodeValue returns the JSON a subscriber receives for a message:
 // {"text":"…"} or {"binary":"<standard base64>"}. Messages are kept so
-// encoded, which spares re-encoding them for every subscriber.
+// encoded, which spares re-encoding them for every subscriber. The buffer
+// comes from slices.Grow, whose capacity is the allocator's size class, so
+// that its capacity is what the message takes from max_memory.
 func encodeValue(body []byte, binary bool) []byte {
 	if binary {
 		const pre, post = `{"binary":"`, `"}`
-		v := make([]byte, 0, len(pre)+base64.StdEncoding.EncodedLen(len(body))+len(post))
+		v := slices.Grow([]byte(nil), len(pre)+base64.StdEncoding.EncodedLen(len(body))+len(post))
 		v = append(v, pre...)
 		v = base64.StdEncoding.AppendEncode(v, body)
 		return append(v, post...)
 	}
-	v := make([]byte, 0, len(body)+len(`{"text":""}`)+8)
+	// Room for the body unescaped; escaping grows it through append,
+	// which also rounds to a size class.
+	v := slices.Grow([]byte(nil), len(body)+len(`{"text":""}`))
 	v = append(v, `{"text":`...)
 	v = appendJSONString(v, body)
-	v = append(v, '}')
-	return slices.Clip(v)
+	return append(v, '}')
 }
 
 // appendJSONString appends s, which is valid UTF-8, as a JSON string.

@@ -688,12 +688,12 @@ func TestCloseReleasesSubscribers(t *testing.T) {
 // oldest of either going first.
 func TestTopicMemory(t *testing.T) {
 	const (
-		itemCost  = 100 + itemOverhead                             // key "k0" and a 98-byte value
-		msgCost   = len(`{"text":"0123456789"}`) + messageOverhead // a 10-byte text message
+		itemCost  = 2 + 96 + itemOverhead // key "k0" and a 96-byte value, 96 being a size class
+		msgCost   = 24 + messageOverhead  // {"text":"0123456789"}: 21 bytes in a 24-byte size class
 		topicCost = len("c") + len("t") + topicOverhead
 	)
 	b := newBackend(t, Handler{MaxItemSize: 100, MaxMemory: int64(itemCost + topicCost + 3*msgCost)})
-	value := strings.Repeat("v", 98)
+	value := strings.Repeat("v", 96)
 	publish := func() {
 		t.Helper()
 		b.expect("publish", b.publish("/topics/c/t", "text/plain", "0123456789"), http.StatusNoContent, "")
@@ -703,8 +703,8 @@ func TestTopicMemory(t *testing.T) {
 	publish()
 	publish()
 	publish() // exactly at the bound
-	if b.h.Len() != 1 || b.h.store.memory() != b.h.store.maxBytes {
-		t.Fatalf("at the bound: Len %d, memory %d of %d", b.h.Len(), b.h.store.memory(), b.h.store.maxBytes)
+	if b.h.Len() != 1 || b.h.store.memory() != b.h.store.maxBytes.Load() {
+		t.Fatalf("at the bound: Len %d, memory %d of %d", b.h.Len(), b.h.store.memory(), b.h.store.maxBytes.Load())
 	}
 	publish() // evicts k0, older than every message
 	b.expect("k0 evicted", b.get("/cache/c?key=k0"), http.StatusNotFound, "Key Not Found")

@@ -1,7 +1,11 @@
 package momentolocal
 
 import (
+	"bytes"
+	"fmt"
+	"runtime"
 	"testing"
+	"time"
 )
 
 // checkTopics verifies the topics' bookkeeping: each topic's buffer is
@@ -14,7 +18,7 @@ func checkTopics(t *testing.T, ts *topics) {
 	defer ts.mu.Unlock()
 	var memory int64
 	buffered := 0
-	for k, tp := range ts.byKey {
+	for k, tp := range ts.byKey.m {
 		if tp.key != k {
 			t.Errorf("topic %v filed under %v", tp.key, k)
 		}
@@ -42,7 +46,7 @@ func checkTopics(t *testing.T, ts *topics) {
 		if prev != nil && prev.lru >= m.lru {
 			t.Errorf("publish order broken: %d listed after %d", m.lru, prev.lru)
 		}
-		if ts.byKey[m.topic.key] != m.topic {
+		if ts.byKey.m[m.topic.key] != m.topic {
 			t.Errorf("listed message %d of a forgotten topic", m.seq)
 		}
 		prev = m
@@ -63,5 +67,45 @@ func checkTopics(t *testing.T, ts *topics) {
 func topicCount(ts *topics) int {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
-	return len(ts.byKey)
+	return len(ts.byKey.m)
+}
+
+// TestTopicMemoryBound is TestMemoryBound for topics: publishes past
+// max_memory, to one topic (messages dominate) and to a topic each (topics
+// dominate), and checks the heap they hold against the bound.
+func TestTopicMemoryBound(t *testing.T) {
+	const bound = 4 << 20
+	for _, tc := range []struct {
+		name   string
+		topics int
+		body   int
+	}{
+		{"one topic, 10-byte messages", 1, 10},
+		{"one topic, 1000-byte messages", 1, 1000},
+		{"a topic for each 1-byte message", 1 << 30, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := liveHeap()
+			s := newStore(bound, time.Now)
+			ts := newTopics(s, 1<<20, time.Now, nil)
+			body := bytes.Repeat([]byte("m"), tc.body)
+			n := 3 * bound / (tc.body + messageOverhead)
+			if tc.topics > 1 {
+				n = 3 * bound / (tc.body + messageOverhead + topicOverhead)
+			}
+			for i := range n {
+				ts.publish("cache", fmt.Sprintf("topic-%08d", i%tc.topics), encodeValue(body, false))
+			}
+			heap := liveHeap() - before
+			t.Logf("%d topics: heap %d bytes for a bound of %d (%.2f)", topicCount(ts), heap, int64(bound), float64(heap)/bound)
+			if heap > bound*103/100 {
+				t.Errorf("the topics hold %d bytes of heap, more than the bound %d by over 3%%", heap, bound)
+			}
+			if heap < bound*75/100 {
+				t.Errorf("the topics hold %d bytes of heap, less than 75%% of the bound %d: the accounting overestimates", heap, bound)
+			}
+			checkTopics(t, ts)
+			runtime.KeepAlive(ts)
+		})
+	}
 }
