@@ -49,7 +49,7 @@ func (h *Handler) serveCache(w http.ResponseWriter, r *http.Request, cache strin
 
 	switch r.Method {
 	case http.MethodGet:
-		value, ok := h.store.get(cache, key)
+		value, ok := h.state.store.get(cache, key)
 		if !ok {
 			writeError(w, http.StatusNotFound, "Key Not Found")
 			return
@@ -69,10 +69,10 @@ func (h *Handler) serveCache(w http.ResponseWriter, r *http.Request, cache strin
 			writeError(w, status, err.Error())
 			return
 		}
-		h.store.set(cache, key, value, ttl)
+		h.state.store.set(cache, key, value, ttl)
 		w.WriteHeader(http.StatusNoContent)
 	case http.MethodDelete:
-		h.store.delete(cache, key)
+		h.state.store.delete(cache, key)
 		w.WriteHeader(http.StatusNoContent)
 	}
 }

@@ -428,7 +428,7 @@ func TestConcurrentClients(t *testing.T) {
 	if got, lo := b.h.Len(), workers*rounds/2; got < lo || got > lo+shared {
 		t.Errorf("Len = %d, want %d to %d", got, lo, lo+shared)
 	}
-	checkInvariants(t, b.h.store)
+	checkInvariants(t, b.h.state.store)
 }
 
 func BenchmarkGet(b *testing.B) {
@@ -437,7 +437,7 @@ func BenchmarkGet(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer h.Close()
-	h.store.set("c", "example_key", bytes.Repeat([]byte("v"), 100), time.Hour)
+	h.state.store.set("c", "example_key", bytes.Repeat([]byte("v"), 100), time.Hour)
 	handler := h.HTTPHandler()
 
 	b.Run("key", func(b *testing.B) {
@@ -506,7 +506,7 @@ func BenchmarkGetLoopback(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer h.Close()
-	h.store.set("c", "example_key", bytes.Repeat([]byte("v"), 100), time.Hour)
+	h.state.store.set("c", "example_key", bytes.Repeat([]byte("v"), 100), time.Hour)
 	srv := httptest.NewServer(h.HTTPHandler())
 	defer srv.Close()
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}

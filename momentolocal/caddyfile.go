@@ -41,6 +41,7 @@ type subdirective struct {
 
 // subdirectives are in the order the syntax below documents them.
 var subdirectives = []subdirective{
+	{name: "name", parse: func(h *Handler, d *caddyfile.Dispenser) error { return oneArg(d, &h.Name) }},
 	{name: "token", parse: func(h *Handler, d *caddyfile.Dispenser) error { return oneArg(d, &h.Token) }},
 	{name: "caches", list: true, parse: func(h *Handler, d *caddyfile.Dispenser) error {
 		names := d.RemainingArgs()
@@ -59,6 +60,7 @@ var subdirectives = []subdirective{
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
 //	momento_local [<matcher>] {
+//	    name             <name>
 //	    token            <token>
 //	    caches           <names...>
 //	    max_item_size    <size>

@@ -62,7 +62,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{
 			name:    "unknown subdirective",
 			input:   "momento_local {\n\ttoken t\n\tcolour red\n}",
-			wantErr: "unrecognized momento_local subdirective 'colour' (valid: token, caches, max_item_size, max_memory, max_message_size, topic_buffer), at Testfile:3",
+			wantErr: "unrecognized momento_local subdirective 'colour' (valid: name, token, caches, max_item_size, max_memory, max_message_size, topic_buffer), at Testfile:3",
 		},
 		{
 			name:    "token without value",
@@ -236,7 +236,7 @@ func TestAdaptCaddyfile(t *testing.T) {
 		{
 			name:    "error carries the line",
 			caddy:   ":8080 {\n\tmomento_local {\n\t\tcolour red\n\t}\n}",
-			wantErr: "unrecognized momento_local subdirective 'colour' (valid: token, caches, max_item_size, max_memory, max_message_size, topic_buffer), at Caddyfile:3",
+			wantErr: "unrecognized momento_local subdirective 'colour' (valid: name, token, caches, max_item_size, max_memory, max_message_size, topic_buffer), at Caddyfile:3",
 		},
 		{
 			name:    "topic_buffer error carries the line",

@@ -13,6 +13,19 @@
 // Every request is authorized and checked against the configured caches the
 // same way, whichever API it is for: see Handler.
 //
+// # Reloads
+//
+// In Caddy, a backend's data lives in state kept across config reloads
+// under its name (Handler.Name, "default" when unset): a reloaded config
+// with a momento_local of the same name keeps its items, topics, sequence
+// numbers and pages. The new config's settings take effect over the kept
+// data with the first request it serves (a config that fails to load
+// changes nothing): a smaller max_memory evicts, a smaller max_item_size
+// drops larger items, a smaller topic_buffer drops older messages, and a
+// cache taken off the caches list loses its items and topics. A backend
+// whose name no config uses any more is freed. Subscribers waiting through
+// the old config are answered an empty page and poll again; see Close.
+//
 // # Topics
 //
 // Topics are served the way Momento's HTTP API describes them:

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -54,6 +55,15 @@ const (
 // handler, so it composes with other handlers in a route. It must be
 // started by Provision (in Caddy) or New (outside) before it serves.
 type Handler struct {
+	// The name the backend's data is kept under across config reloads.
+	// A reload that keeps a momento_local of the same name keeps its
+	// items, topics and waiting subscribers; one that drops the name
+	// frees them. Handlers of one name share one backend, as when a site
+	// listens on two addresses; give each backend that stands for a
+	// region of its own (two regions, say) a name of its own. Default:
+	// "default".
+	Name string `json:"name,omitempty"`
+
 	// The token every request must carry, either raw in the
 	// `authorization` header or in the `token` query parameter. When
 	// empty, any token or none is accepted. A request that carries both
@@ -93,11 +103,17 @@ type Handler struct {
 	// oldest one kept. Default: 256.
 	TopicBuffer int `json:"topic_buffer,omitempty"`
 
-	store   *store
-	topics  *topics
-	sweeper *sweeper
-	caches  map[string]struct{}
-	logger  *zap.Logger
+	state  *state // the backend's data, kept across reloads
+	gen    uint64 // when the handler was started, see state.apply
+	caches map[string]struct{}
+	logger *zap.Logger
+
+	// release is closed when the handler stops, to answer the subscribers
+	// waiting through it; see Close. stopOnce is a pointer because New
+	// takes its configuration as a Handler value.
+	release  chan struct{}
+	stopOnce *sync.Once
+	pooled   bool // the state is in backends, not the handler's own
 
 	hooks hooks
 }
@@ -123,28 +139,50 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 }
 
 // New returns a started handler for use outside Caddy, with cfg's
-// configuration and defaults for what cfg leaves unset. Close stops it.
+// configuration and defaults for what cfg leaves unset. Its data is its
+// own, whatever its name, and Close frees it.
 func New(cfg Handler) (*Handler, error) {
-	h := cfg
+	h := &cfg
 	h.logger = zap.NewNop()
-	if err := h.start(nil); err != nil {
+	if err := h.prepare(); err != nil {
 		return nil, err
 	}
-	return &h, nil
+	h.state = newState(h)
+	return h, nil
 }
 
-// Provision sets defaults, creates the store and starts sweeping it.
+// Provision sets defaults and takes over the backend's state from the
+// config being replaced, if it has one of the same name, or creates it.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	if err := h.start(ctx.Done()); err != nil {
+	if err := h.prepare(); err != nil {
 		return err
 	}
-	return registerMetrics(ctx.GetMetricsRegistry(), h)
+	val, loaded, err := backends.LoadOrNew(h.Name, func() (caddy.Destructor, error) {
+		return newState(h), nil
+	})
+	if err != nil {
+		return err
+	}
+	h.state, h.pooled = val.(*state), true
+	if loaded {
+		if err := h.state.take(h, ctx.Done()); err != nil {
+			return err
+		}
+		h.logger.Info("momento_local keeps its data across the reload",
+			zap.String("name", h.Name),
+			zap.Int("items", h.state.store.len()),
+			zap.Int("topics", h.state.topics.count()))
+	} else {
+		_ = h.state.take(h, ctx.Done())
+	}
+	return registerMetrics(ctx.GetMetricsRegistry())
 }
 
-// start is what New and Provision share. The sweeper stops on Close or
-// when done is closed.
-func (h *Handler) start(done <-chan struct{}) error {
+// prepare is what New and Provision share: defaults, validation, and the
+// handler's own bookkeeping.
+func (h *Handler) prepare() error {
+	h.Name = cmp.Or(h.Name, DefaultName)
 	h.MaxItemSize = cmp.Or(h.MaxItemSize, DefaultMaxItemSize)
 	h.MaxMemory = cmp.Or(h.MaxMemory, DefaultMaxMemory)
 	h.MaxMessageSize = cmp.Or(h.MaxMessageSize, DefaultMaxMessageSize)
@@ -159,15 +197,11 @@ func (h *Handler) start(done <-chan struct{}) error {
 			h.caches[name] = struct{}{}
 		}
 	}
-	now := h.hooks.now
-	if now == nil {
-		now = time.Now
-	}
-	h.store = newStore(h.MaxMemory, now)
-	h.topics = newTopics(h.store, h.TopicBuffer, now, h.hooks.onWait)
-	h.sweeper = startSweeper(h.store, sweepInterval, h.hooks.sweepTicks, done)
-
+	h.gen = generation.Add(1)
+	h.release = make(chan struct{})
+	h.stopOnce = new(sync.Once)
 	h.logger.Debug("momento_local ready",
+		zap.String("name", h.Name),
 		zap.Bool("token_required", h.Token != ""),
 		zap.Strings("caches", h.Caches),
 		zap.Int64("max_item_size", h.MaxItemSize),
@@ -206,46 +240,56 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// Cleanup stops the sweeper and releases waiting subscribers when Caddy
-// unloads the config, so that a reload does not wait for their long polls.
+// Cleanup is Close, when Caddy unloads the handler's config.
 func (h *Handler) Cleanup() error {
 	return h.Close()
 }
 
-// Close stops the background sweeper and answers every subscriber waiting
-// on a topic with an empty page (200, no items), so clients poll again and
-// reach the next config; a subscribe that would wait is answered so from
-// then on. Otherwise the handler keeps answering
-// requests; only expired items are no longer swept in the background.
-// It is safe to call more than once.
+// Close stops the handler. Subscribers waiting through it are answered an
+// empty page (200, no items), as is a subscribe through it that would
+// wait from then on: they poll again and reach the config in force, which
+// finds the same messages when it keeps the backend. Keeping them waiting
+// instead would keep the old config's server, which Caddy shuts down
+// gracefully, alive until the next publish (with no grace_period, for
+// ever) and, with a grace_period, cut them off with an error a gateway
+// would count against its region.
+//
+// The backend's data is freed when no config uses its name any more, and
+// at once for a handler from New. Otherwise the handler keeps answering
+// requests. It is safe to call more than once.
 func (h *Handler) Close() error {
-	unregisterLive(h)
-	if h.sweeper != nil {
-		h.sweeper.close()
+	if h.stopOnce == nil {
+		return nil // never started
 	}
-	if h.topics != nil {
-		h.topics.close()
-	}
+	h.stopOnce.Do(func() {
+		close(h.release)
+		switch {
+		case h.pooled:
+			_, _ = backends.Delete(h.Name)
+		case h.state != nil:
+			_ = h.state.Destruct()
+		}
+	})
 	return nil
 }
 
 // Len returns the number of items stored, including expired items not yet
 // swept.
 func (h *Handler) Len() int {
-	if h.store == nil {
+	if h.state == nil {
 		return 0
 	}
-	return h.store.len()
+	return h.state.store.len()
 }
 
 // Bytes returns the key and value bytes stored, including those of expired
 // items not yet swept. The per-item overhead counted against max_memory is
 // not included, nor are topic messages.
 func (h *Handler) Bytes() int64 {
-	if h.store == nil {
+	if h.state == nil {
 		return 0
 	}
-	return h.store.size()
+	return h.state.store.size()
 }
 
 // ServeHTTP answers Momento API requests and passes any other request to
@@ -271,6 +315,9 @@ func (h *Handler) HTTPHandler() http.Handler {
 // it did.
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request) bool {
 	path := r.URL.Path
+	if h.state.applied.Load() < h.gen {
+		h.state.apply(h) // the first request of a reloaded config
+	}
 	switch {
 	case strings.HasPrefix(path, cachePrefix):
 		h.serveCache(w, r, path[len(cachePrefix):])

@@ -257,7 +257,7 @@ func TestCloseStopsSweeper(t *testing.T) {
 	if err := h.Close(); err != nil {
 		t.Fatal(err)
 	}
-	<-h.sweeper.stopped // Close waits for it; this only proves it ended.
+	<-h.state.sweeper.stopped // Close waits for it; this only proves it ended.
 	if err := h.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
 	}
@@ -287,7 +287,7 @@ func TestCaddyLifecycle(t *testing.T) {
 	// A subscriber waiting when the config is unloaded is let go, so that
 	// a reload need not wait for it.
 	waits := make(chan struct{}, 1)
-	h.topics.onWait = func() { waits <- struct{}{} }
+	h.state.topics.onWait = func() { waits <- struct{}{} }
 	srv := httptest.NewServer(h.HTTPHandler())
 	defer srv.Close()
 	answered := make(chan int, 1)
@@ -302,7 +302,7 @@ func TestCaddyLifecycle(t *testing.T) {
 
 	cancel()
 	select {
-	case <-h.sweeper.stopped:
+	case <-h.state.sweeper.stopped:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the sweeper did not stop when the context ended")
 	}

@@ -242,6 +242,41 @@ func (sw *sweeper) close() {
 	<-sw.stopped
 }
 
+// dropItems removes every item for which drop returns true.
+func (s *store) dropItems(drop func(e *entry) bool) {
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for _, e := range sh.items.m {
+			if drop(e) {
+				s.remove(sh, e)
+			}
+		}
+		sh.mu.Unlock()
+	}
+}
+
+// clear removes every item and gives back the maps' memory.
+func (s *store) clear() {
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for _, e := range sh.items.m {
+			s.remove(sh, e)
+		}
+		sh.items = newShrinkingMap[itemKey, *entry]()
+		sh.mu.Unlock()
+	}
+}
+
+// setBound changes max_memory, evicting at once if the store is over it.
+func (s *store) setBound(maxBytes int64) {
+	s.maxBytes.Store(maxBytes)
+	if s.overBound() {
+		s.evict()
+	}
+}
+
 func (s *store) len() int    { return int(s.items.Load()) }
 func (s *store) size() int64 { return s.bytes.Load() }
 

@@ -27,8 +27,10 @@ const (
 	topicOverhead = 224
 )
 
-// errClosed is what subscribers waiting when the handler closes get.
-var errClosed = errors.New("momento_local is shutting down")
+// errReleased is what a waiting subscriber gets when its handler lets it
+// go (its config is being unloaded) or its topic's cache is dropped: it is
+// answered an empty page and polls again, reaching the config in force.
+var errReleased = errors.New("momento_local released the subscriber")
 
 // topics holds every topic of a handler and the messages they buffer.
 //
@@ -39,7 +41,7 @@ type topics struct {
 	store    *store // whose bound and access sequence messages share
 	capacity int    // messages kept per topic: topic_buffer
 	now      func() time.Time
-	onWait   func() // see Handler.onWait
+	onWait   func() // see hooks.onWait; read under mu, so tests may set it late
 
 	// memory is what topics and their messages count against max_memory.
 	// It changes only under mu; it is atomic so the store can read it
@@ -50,8 +52,6 @@ type topics struct {
 	byKey     shrinkingMap[topicKey, *topic]
 	published list[message, *message] // every buffered message, in publish order
 	lastPage  uint64
-	closed    chan struct{} // closed by close, to release waiting subscribers
-	isClosed  bool
 }
 
 type topicKey struct {
@@ -67,6 +67,7 @@ type topic struct {
 	messages []*message // buffered, oldest first, numbered up to next-1
 	waiters  int        // subscribers waiting for message next
 	ready    chan struct{}
+	gone     bool // its cache was dropped: waiters are released
 }
 
 // first returns the number of the oldest buffered message, or next when
@@ -98,7 +99,6 @@ func newTopics(s *store, capacity int, now func() time.Time, onWait func()) *top
 		now:      now,
 		onWait:   onWait,
 		byKey:    newShrinkingMap[topicKey, *topic](),
-		closed:   make(chan struct{}),
 	}
 	s.topics = ts
 	return ts
@@ -139,9 +139,9 @@ type answer struct {
 
 // subscribe returns what a subscriber that asks for message from of
 // sequence page page gets, waiting until there is something when need be.
-// It returns ctx's error when ctx ends first, and errClosed when the topics
-// are closed first.
-func (ts *topics) subscribe(ctx context.Context, cache, name string, from, page uint64) (answer, error) {
+// It returns ctx's error when ctx ends first, and errReleased when release
+// is closed first (or was already) or the topic's cache is dropped.
+func (ts *topics) subscribe(ctx context.Context, release <-chan struct{}, cache, name string, from, page uint64) (answer, error) {
 	ts.mu.Lock()
 	t := ts.topicFor(cache, name)
 	// last is the client's last message, as far as unsigned numbers can say.
@@ -172,33 +172,39 @@ func (ts *topics) subscribe(ctx context.Context, cache, name string, from, page 
 			ts.mu.Unlock()
 			return a, nil
 		}
-		if ts.isClosed {
+		select {
+		case <-release:
 			ts.forgetIfIdle(t)
 			ts.mu.Unlock()
-			return answer{}, errClosed
+			return answer{}, errReleased
+		default:
 		}
 		if t.ready == nil {
 			t.ready = make(chan struct{})
 		}
 		ready := t.ready
 		t.waiters++
+		onWait := ts.onWait
 		ts.mu.Unlock()
 		if ts.store.overBound() { // the topic may be new
 			ts.store.evict()
 		}
-		if ts.onWait != nil {
-			ts.onWait()
+		if onWait != nil {
+			onWait()
 		}
 		var err error
 		select {
 		case <-ready:
 		case <-ctx.Done():
 			err = ctx.Err()
-		case <-ts.closed:
-			err = errClosed
+		case <-release:
+			err = errReleased
 		}
 		ts.mu.Lock()
 		t.waiters--
+		if err == nil && t.gone {
+			err = errReleased
+		}
 		if err != nil {
 			ts.forgetIfIdle(t)
 			ts.mu.Unlock()
@@ -207,15 +213,47 @@ func (ts *topics) subscribe(ctx context.Context, cache, name string, from, page 
 	}
 }
 
-// close releases every waiting subscriber, and any later one that would
-// wait, with errClosed.
-func (ts *topics) close() {
+// dropCaches forgets the topics of the caches for which gone returns
+// true, with their messages, and releases their waiting subscribers.
+func (ts *topics) dropCaches(gone func(cache string) bool) {
 	ts.mu.Lock()
-	if !ts.isClosed {
-		ts.isClosed = true
-		close(ts.closed)
+	defer ts.mu.Unlock()
+	for _, t := range ts.byKey.m {
+		if gone(t.key.cache) {
+			ts.forget(t)
+		}
 	}
-	ts.mu.Unlock()
+}
+
+// clear forgets every topic.
+func (ts *topics) clear() {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	for _, t := range ts.byKey.m {
+		ts.forget(t)
+	}
+	ts.byKey = newShrinkingMap[topicKey, *topic]()
+}
+
+// setCapacity changes topic_buffer, dropping what each topic holds beyond
+// it, oldest first; its subscribers get a discontinuity, as for any
+// message dropped.
+func (ts *topics) setCapacity(capacity int) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	ts.capacity = capacity
+	for _, t := range ts.byKey.m {
+		for len(t.messages) > capacity {
+			ts.drop(t.messages[0])
+		}
+	}
+}
+
+// count returns how many topics are kept.
+func (ts *topics) count() int {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return len(ts.byKey.m)
 }
 
 // oldestMessage returns the store access sequence of the earliest published
@@ -267,6 +305,21 @@ func (ts *topics) forgetIfIdle(t *topic) {
 		ts.byKey.delete(t.key)
 		ts.memory.Add(-t.cost())
 	}
+}
+
+// forget drops a topic with its messages, whatever it holds, and wakes its
+// waiting subscribers, who see it gone.
+func (ts *topics) forget(t *topic) {
+	for len(t.messages) > 0 {
+		ts.drop(t.messages[0])
+	}
+	t.gone = true
+	if t.ready != nil {
+		close(t.ready)
+		t.ready = nil
+	}
+	ts.byKey.delete(t.key)
+	ts.memory.Add(-t.cost())
 }
 
 // drop removes m, which must be the oldest message of its topic.

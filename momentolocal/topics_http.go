@@ -58,8 +58,8 @@ func (h *Handler) serveTopic(w http.ResponseWriter, r *http.Request, path string
 		h.publish(w, r, cache, topic, isBinary(r.Header.Get("Content-Type")))
 		return
 	}
-	a, err := h.topics.subscribe(r.Context(), cache, topic, from, page)
-	if errors.Is(err, errClosed) {
+	a, err := h.state.topics.subscribe(r.Context(), h.release, cache, topic, from, page)
+	if errors.Is(err, errReleased) {
 		// The config is being unloaded (a reload, say): an empty page, and
 		// the client polls again, reaching the new config. Not a 503: a
 		// gateway in front would count that against the region.
@@ -100,7 +100,7 @@ func (h *Handler) publish(w http.ResponseWriter, r *http.Request, cache, topic s
 			"message too large: it would take %d bytes of memory, more than max_memory (%d bytes); nothing was published", cost, h.MaxMemory))
 		return
 	}
-	h.topics.publish(cache, topic, value)
+	h.state.topics.publish(cache, topic, value)
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -220,7 +220,7 @@ func TestPublishSubscribe(t *testing.T) {
 	b.expectEntries("from 6, no page given", b.subscribe("/topics/c/t?sequence_number=6"), textItem(6, page, ""))
 	b.expectEntries("from 6 with the page", b.subscribe(fmt.Sprintf("/topics/c/t?sequence_page=%d&sequence_number=6", page)), textItem(6, page, ""))
 	b.expectEntries("no parameters: from 0", b.subscribe("/topics/c/t")[:1], textItem(0, page, "hi"))
-	checkTopics(t, b.h.topics)
+	checkTopics(t, b.h.state.topics)
 }
 
 // TestPublishContentTypes checks that only application/octet-stream
@@ -373,7 +373,7 @@ func TestSubscribersReceiveEveryMessageInOrder(t *testing.T) {
 			t.Errorf("subscriber %d received\n%+v\nwant\n%+v", s, received[s], sent)
 		}
 	}
-	checkTopics(t, b.h.topics)
+	checkTopics(t, b.h.state.topics)
 }
 
 func TestDiscontinuityForDroppedMessages(t *testing.T) {
@@ -388,7 +388,7 @@ func TestDiscontinuityForDroppedMessages(t *testing.T) {
 	b.expectEntries("from 0", b.subscribe("/topics/c/t?sequence_number=0&sequence_page=0"), append([]part{gap(0, 2, p)}, kept...)...)
 	b.expectEntries("from 2", b.subscribe("/topics/c/t?sequence_number=2"), kept...)
 	b.expectEntries("from 3", b.subscribe(fmt.Sprintf("/topics/c/t?sequence_number=3&sequence_page=%d", p)), kept[1:]...)
-	checkTopics(t, b.h.topics)
+	checkTopics(t, b.h.state.topics)
 }
 
 func TestDiscontinuityForClientAhead(t *testing.T) {
@@ -409,8 +409,8 @@ func TestDiscontinuityForClientAhead(t *testing.T) {
 
 	// A topic nobody published to yet: ahead of 0.
 	b.expectEntries("new topic", b.subscribe("/topics/c/new?sequence_number=7"), gap(6, 0, uint64(b.clock.Now().Unix())+1))
-	checkTopics(t, b.h.topics)
-	if n := topicCount(b.h.topics); n != 1 {
+	checkTopics(t, b.h.state.topics)
+	if n := b.h.state.topics.count(); n != 1 {
 		t.Errorf("%d topics kept, want 1: one with no messages and no subscribers is forgotten", n)
 	}
 }
@@ -504,8 +504,8 @@ func TestTopicBadRequests(t *testing.T) {
 			}
 		})
 	}
-	if n := topicCount(b.h.topics); n != 0 || b.h.topics.memory.Load() != 0 {
-		t.Errorf("bad requests left %d topics, %d bytes", n, b.h.topics.memory.Load())
+	if n := b.h.state.topics.count(); n != 0 || b.h.state.topics.memory.Load() != 0 {
+		t.Errorf("bad requests left %d topics, %d bytes", n, b.h.state.topics.memory.Load())
 	}
 }
 
@@ -531,7 +531,7 @@ func TestPublishTooLarge(t *testing.T) {
 	if r.status != http.StatusRequestEntityTooLarge || !strings.Contains(r.body, "max_memory (1000 bytes)") {
 		t.Errorf("message larger than memory: got %d %q", r.status, r.body)
 	}
-	if small.h.topics.memory.Load() != 0 {
+	if small.h.state.topics.memory.Load() != 0 {
 		t.Error("a refused message was kept")
 	}
 }
@@ -650,7 +650,7 @@ func TestSubscriberDisconnectFreesHandler(t *testing.T) {
 		done <- err
 	}()
 	b.waiting()
-	if n := topicCount(b.h.topics); n != 1 {
+	if n := b.h.state.topics.count(); n != 1 {
 		t.Fatalf("%d topics while a subscriber waits, want 1", n)
 	}
 	cancel()
@@ -662,7 +662,7 @@ func TestSubscriberDisconnectFreesHandler(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the handler did not return when its client went away")
 	}
-	if n, m := topicCount(b.h.topics), b.h.topics.memory.Load(); n != 0 || m != 0 {
+	if n, m := b.h.state.topics.count(), b.h.state.topics.memory.Load(); n != 0 || m != 0 {
 		t.Errorf("after the subscriber left: %d topics, %d bytes; want none", n, m)
 	}
 	client.CloseIdleConnections()
@@ -703,8 +703,8 @@ func TestTopicMemory(t *testing.T) {
 	publish()
 	publish()
 	publish() // exactly at the bound
-	if b.h.Len() != 1 || b.h.store.memory() != b.h.store.maxBytes.Load() {
-		t.Fatalf("at the bound: Len %d, memory %d of %d", b.h.Len(), b.h.store.memory(), b.h.store.maxBytes.Load())
+	if b.h.Len() != 1 || b.h.state.store.memory() != b.h.state.store.maxBytes.Load() {
+		t.Fatalf("at the bound: Len %d, memory %d of %d", b.h.Len(), b.h.state.store.memory(), b.h.state.store.maxBytes.Load())
 	}
 	publish() // evicts k0, older than every message
 	b.expect("k0 evicted", b.get("/cache/c?key=k0"), http.StatusNotFound, "Key Not Found")
@@ -714,18 +714,18 @@ func TestTopicMemory(t *testing.T) {
 	p := e[0].Page
 	b.expectEntries("after eviction", e, gap(0, 1, p),
 		textItem(1, p, "0123456789"), textItem(2, p, "0123456789"), textItem(3, p, "0123456789"))
-	checkTopics(t, b.h.topics)
-	checkInvariants(t, b.h.store)
+	checkTopics(t, b.h.state.topics)
+	checkInvariants(t, b.h.state.store)
 
 	// Items can push out a whole topic, which is then forgotten: its next
 	// subscriber finds a new page.
 	for i := range 4 {
 		b.put(fmt.Sprintf("/cache/c?key=j%d&ttl_seconds=60", i), value)
 	}
-	if n, m := topicCount(b.h.topics), b.h.topics.memory.Load(); n != 0 || m != 0 {
+	if n, m := b.h.state.topics.count(), b.h.state.topics.memory.Load(); n != 0 || m != 0 {
 		t.Errorf("topics left: %d, %d bytes", n, m)
 	}
-	checkInvariants(t, b.h.store)
+	checkInvariants(t, b.h.state.store)
 	got := b.subscribeAsync(context.Background(), fmt.Sprintf("/topics/c/t?sequence_number=4&sequence_page=%d", p))
 	b.waiting()
 	publish()
@@ -807,8 +807,8 @@ func TestTopicsUnderLoad(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	checkTopics(t, b.h.topics)
-	checkInvariants(t, b.h.store)
+	checkTopics(t, b.h.state.topics)
+	checkInvariants(t, b.h.state.store)
 }
 
 func TestAppendJSONString(t *testing.T) {
@@ -952,7 +952,7 @@ func BenchmarkSubscribe(b *testing.B) {
 	}
 	defer h.Close()
 	for range 10 {
-		h.topics.publish("c", "t", encodeValue(bytes.Repeat([]byte("m"), 100), false))
+		h.state.topics.publish("c", "t", encodeValue(bytes.Repeat([]byte("m"), 100), false))
 	}
 	handler := h.HTTPHandler()
 	req := httptest.NewRequest(http.MethodGet, "/topics/c/t?sequence_number=0", nil)

@@ -63,13 +63,6 @@ func checkTopics(t *testing.T, ts *topics) {
 	}
 }
 
-// topicCount returns how many topics are kept.
-func topicCount(ts *topics) int {
-	ts.mu.Lock()
-	defer ts.mu.Unlock()
-	return len(ts.byKey.m)
-}
-
 // TestTopicMemoryBound is TestMemoryBound for topics: publishes past
 // max_memory, to one topic (messages dominate) and to a topic each (topics
 // dominate), and checks the heap they hold against the bound.
@@ -97,7 +90,7 @@ func TestTopicMemoryBound(t *testing.T) {
 				ts.publish("cache", fmt.Sprintf("topic-%08d", i%tc.topics), encodeValue(body, false))
 			}
 			heap := liveHeap() - before
-			t.Logf("%d topics: heap %d bytes for a bound of %d (%.2f)", topicCount(ts), heap, int64(bound), float64(heap)/bound)
+			t.Logf("%d topics: heap %d bytes for a bound of %d (%.2f)", ts.count(), heap, int64(bound), float64(heap)/bound)
 			if heap > bound*103/100 {
 				t.Errorf("the topics hold %d bytes of heap, more than the bound %d by over 3%%", heap, bound)
 			}
