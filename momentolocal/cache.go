@@ -43,7 +43,7 @@ func (h *Handler) serveCache(w http.ResponseWriter, r *http.Request, cache strin
 			return
 		}
 	}
-	if !h.cacheExists(w, cache) {
+	if !h.cacheExists(w, cache) || !h.takeOp(w, limitOps) {
 		return
 	}
 

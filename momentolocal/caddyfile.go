@@ -9,6 +9,7 @@ import (
 
 	"github.com/dustin/go-humanize"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -55,6 +56,16 @@ var subdirectives = []subdirective{
 	{name: "max_memory", parse: func(h *Handler, d *caddyfile.Dispenser) error { return sizeArg(d, &h.MaxMemory) }},
 	{name: "max_message_size", parse: func(h *Handler, d *caddyfile.Dispenser) error { return sizeArg(d, &h.MaxMessageSize) }},
 	{name: "topic_buffer", parse: func(h *Handler, d *caddyfile.Dispenser) error { return countArg(d, "messages", &h.TopicBuffer) }},
+	{name: "latency", parse: func(h *Handler, d *caddyfile.Dispenser) error { return durationArg(d, &h.Latency) }},
+	{name: "max_ops_per_second", parse: func(h *Handler, d *caddyfile.Dispenser) error {
+		return countArg(d, "operations", &h.MaxOpsPerSecond)
+	}},
+	{name: "max_publishes_per_second", parse: func(h *Handler, d *caddyfile.Dispenser) error {
+		return countArg(d, "publishes", &h.MaxPublishesPerSecond)
+	}},
+	{name: "max_subscriptions", parse: func(h *Handler, d *caddyfile.Dispenser) error {
+		return countArg(d, "subscriptions", &h.MaxSubscriptions)
+	}},
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -67,10 +78,16 @@ var subdirectives = []subdirective{
 //	    max_memory       <size>
 //	    max_message_size <size>
 //	    topic_buffer     <messages>
+//
+//	    # Simulating a real region; all off by default.
+//	    latency                  <duration>
+//	    max_ops_per_second       <operations>
+//	    max_publishes_per_second <publishes>
+//	    max_subscriptions        <subscriptions>
 //	}
 //
 // caches may be repeated; every other subdirective may be given once.
-// Sizes are like 5MiB, 1MB or plain bytes.
+// Sizes are like 5MiB, 1MB or plain bytes; durations like 10ms.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	if d.NextArg() {
@@ -124,6 +141,22 @@ func sizeArg(d *caddyfile.Dispenser, dst *int64) error {
 		return d.Errf("%s must be between 1 byte and 8EiB, got %s", name, arg)
 	}
 	*dst = int64(size)
+	return nil
+}
+
+// durationArg reads the one duration argument of the current
+// subdirective, 0 or more.
+func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	name := d.Val()
+	var arg string
+	if err := oneArg(d, &arg); err != nil {
+		return err
+	}
+	dur, err := caddy.ParseDuration(arg)
+	if err != nil || dur < 0 {
+		return d.Errf("%s must be a duration such as 10ms, got %s", name, arg)
+	}
+	*dst = caddy.Duration(dur)
 	return nil
 }
 

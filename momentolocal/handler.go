@@ -103,6 +103,44 @@ type Handler struct {
 	// oldest one kept. Default: 256.
 	TopicBuffer int `json:"topic_buffer,omitempty"`
 
+	// The fields below make the backend behave like a real Momento region
+	// under its account limits, for benchmarks and demos of a gateway in
+	// front. Each is off when unset. Every limit counts across config
+	// reloads (a reload neither refills it nor forgets open
+	// subscriptions), and past it the backend answers 429 with a
+	// plain-text body naming the limit, and no Retry-After, as Momento
+	// documents none.
+
+	// A delay added to every answer of the API, between the answer being
+	// ready and its status line going out, as a region that many
+	// milliseconds of round trip away: a get answers that much later, a
+	// publish is acknowledged that much later (its subscribers see it at
+	// once), and a waiting subscriber receives a message that long after
+	// it was published.
+	Latency caddy.Duration `json:"latency,omitempty"`
+
+	// The cache operations (gets, sets and deletes) admitted a second:
+	// Momento's default account limit is 100 a second per region. A token
+	// bucket of that many tokens, refilled continuously: a burst of up to
+	// a second's worth, then one every 1/N second. Only operations the
+	// backend would perform count: requests answered 400, 401 or 404
+	// Cache Not Found do not.
+	MaxOpsPerSecond int `json:"max_ops_per_second,omitempty"`
+
+	// The publishes admitted a second, counted as max_ops_per_second
+	// counts cache operations. Momento limits topics apart from the cache
+	// (10 operations a second per region by default). Subscribes are not
+	// counted here: a long-polling subscriber asks again after every
+	// message, so counting its polls would limit the message rate rather
+	// than the clients; max_subscriptions bounds subscribers instead.
+	MaxPublishesPerSecond int `json:"max_publishes_per_second,omitempty"`
+
+	// The subscribe requests open at once: Momento's default account
+	// limit is 100 concurrent subscriptions per region. A subscribe holds
+	// its place from when it is admitted until it is answered, whether it
+	// waited or not; one past the limit is answered 429 at once.
+	MaxSubscriptions int `json:"max_subscriptions,omitempty"`
+
 	state  *state // the backend's data, kept across reloads
 	gen    uint64 // when the handler was started, see state.apply
 	caches map[string]struct{}
@@ -207,7 +245,11 @@ func (h *Handler) prepare() error {
 		zap.Int64("max_item_size", h.MaxItemSize),
 		zap.Int64("max_memory", h.MaxMemory),
 		zap.Int64("max_message_size", h.MaxMessageSize),
-		zap.Int("topic_buffer", h.TopicBuffer))
+		zap.Int("topic_buffer", h.TopicBuffer),
+		zap.Duration("latency", time.Duration(h.Latency)),
+		zap.Int("max_ops_per_second", h.MaxOpsPerSecond),
+		zap.Int("max_publishes_per_second", h.MaxPublishesPerSecond),
+		zap.Int("max_subscriptions", h.MaxSubscriptions))
 	return nil
 }
 
@@ -224,6 +266,21 @@ func (h *Handler) Validate() error {
 	}
 	if h.TopicBuffer < 0 {
 		return fmt.Errorf("topic_buffer must be positive, got %d", h.TopicBuffer)
+	}
+	if h.Latency < 0 {
+		return fmt.Errorf("latency must not be negative, got %v", time.Duration(h.Latency))
+	}
+	for _, limit := range []struct {
+		name string
+		n    int
+	}{
+		{"max_ops_per_second", h.MaxOpsPerSecond},
+		{"max_publishes_per_second", h.MaxPublishesPerSecond},
+		{"max_subscriptions", h.MaxSubscriptions},
+	} {
+		if limit.n < 0 {
+			return fmt.Errorf("%s must be positive, or 0 (or unset) for no limit, got %d", limit.name, limit.n)
+		}
 	}
 	itemSize, memory := cmp.Or(h.MaxItemSize, DefaultMaxItemSize), cmp.Or(h.MaxMemory, DefaultMaxMemory)
 	// The largest item takes its size, rounded up to an allocation size
@@ -318,14 +375,19 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) bool {
 	if h.state.applied.Load() < h.gen {
 		h.state.apply(h) // the first request of a reloaded config
 	}
+	var serve func(http.ResponseWriter, *http.Request, string)
 	switch {
 	case strings.HasPrefix(path, cachePrefix):
-		h.serveCache(w, r, path[len(cachePrefix):])
+		serve, path = h.serveCache, path[len(cachePrefix):]
 	case strings.HasPrefix(path, topicsPrefix):
-		h.serveTopic(w, r, path[len(topicsPrefix):])
+		serve, path = h.serveTopic, path[len(topicsPrefix):]
 	default:
 		return false
 	}
+	if h.Latency > 0 {
+		w = &lateWriter{ResponseWriter: w, ctx: r.Context(), delay: time.Duration(h.Latency)}
+	}
+	serve(w, r, path)
 	return true
 }
 

@@ -34,6 +34,7 @@ type state struct {
 	store   *store
 	topics  *topics
 	sweeper *sweeper
+	limits  limits
 	logger  atomic.Pointer[zap.Logger] // the latest config's
 
 	// applied is the generation of the handler whose settings are in
@@ -71,6 +72,7 @@ func newState(h *Handler) *state {
 	s.topics = newTopics(s.store, h.TopicBuffer, now, h.hooks.onWait)
 	s.sweeper = startSweeper(s.store, sweepInterval, h.hooks.sweepTicks, nil)
 	s.settings = h.settings()
+	s.limits.set(h)
 	s.applied.Store(h.gen)
 	s.logger.Store(h.logger)
 	return s
@@ -129,6 +131,7 @@ func (s *state) apply(h *Handler) {
 	}
 	s.topics.setCapacity(now.topicBuffer)
 	s.store.setBound(now.maxMemory)
+	s.limits.set(h)
 	s.applied.Store(h.gen)
 	s.logger.Store(h.logger)
 	s.logger.Load().Info("momento_local settings in force over the kept data",

@@ -55,9 +55,15 @@ func (h *Handler) serveTopic(w http.ResponseWriter, r *http.Request, path string
 	}
 
 	if r.Method == http.MethodPost {
-		h.publish(w, r, cache, topic, isBinary(r.Header.Get("Content-Type")))
+		if h.takeOp(w, limitPublishes) {
+			h.publish(w, r, cache, topic, isBinary(r.Header.Get("Content-Type")))
+		}
 		return
 	}
+	if !h.takeSubscription(w) {
+		return
+	}
+	defer h.state.limits.subscriptions.release()
 	a, err := h.state.topics.subscribe(r.Context(), h.release, cache, topic, from, page)
 	if errors.Is(err, errReleased) {
 		// The config is being unloaded (a reload, say): an empty page, and
