@@ -26,6 +26,13 @@
 // whose name no config uses any more is freed. Subscribers waiting through
 // the old config are answered an empty page and poll again; see Close.
 //
+// # Simulating a region
+//
+// Off by default, Handler's Latency, MaxOpsPerSecond,
+// MaxPublishesPerSecond and MaxSubscriptions make the backend answer late
+// and refuse with 429, as a Momento region under its account limits does,
+// so that a gateway in front can be benchmarked against one.
+//
 // # Topics
 //
 // Topics are served the way Momento's HTTP API describes them:

@@ -3,6 +3,7 @@ package momentolocal
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -134,6 +135,9 @@ func (s *state) apply(h *Handler) {
 	s.limits.set(h)
 	s.applied.Store(h.gen)
 	s.logger.Store(h.logger)
+	if old.equal(now) {
+		return // another handler of the same backend and settings
+	}
 	s.logger.Load().Info("momento_local settings in force over the kept data",
 		zap.String("name", s.name),
 		zap.Int("items", s.store.len()),
@@ -161,6 +165,11 @@ func droppedCaches(old, now map[string]struct{}) func(cache string) bool {
 		}
 	}
 	return nil
+}
+
+func (a settings) equal(b settings) bool {
+	return a.maxMemory == b.maxMemory && a.maxItemSize == b.maxItemSize &&
+		a.topicBuffer == b.topicBuffer && (a.caches == nil) == (b.caches == nil) && maps.Equal(a.caches, b.caches)
 }
 
 // settings returns the part of h's configuration that acts on kept data.
