@@ -281,13 +281,7 @@ func TestAbortedUploadStoresNothing(t *testing.T) {
 			b := newBackend(t, Handler{})
 			b.put("/cache/c?key=old&ttl_seconds=60", "old value")
 
-			handled := make(chan struct{}, 1)
-			inner := b.h.HTTPHandler()
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				inner.ServeHTTP(w, r)
-				handled <- struct{}{}
-			}))
-			defer srv.Close()
+			srv, handled := b.signallingServer()
 
 			for _, key := range []string{"new", "old"} {
 				conn, err := net.Dial("tcp", srv.Listener.Addr().String())
@@ -481,10 +475,14 @@ func BenchmarkSet(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer h.Close()
-	handler := h.HTTPHandler()
-	value := bytes.Repeat([]byte("v"), 100)
-	body := &rewindBody{}
 	req := httptest.NewRequest(http.MethodPut, "/cache/c?key=example_key&ttl_seconds=60", nil)
+	benchmarkUpload(b, h.HTTPHandler(), req, bytes.Repeat([]byte("v"), 100))
+}
+
+// benchmarkUpload serves req, with value as its body each time, and
+// checks that the last answer was 204.
+func benchmarkUpload(b *testing.B, handler http.Handler, req *http.Request, value []byte) {
+	body := &rewindBody{}
 	req.Body = body
 	req.ContentLength = int64(len(value))
 	w := &discardWriter{header: make(http.Header)}

@@ -115,6 +115,20 @@ func (b *backend) expect(what string, r response, status int, body string) {
 	}
 }
 
+// signallingServer serves the backend on a loopback server of its own that
+// sends a value on handled each time the handler has returned from a
+// request, for tests that break requests off; the test ends it.
+func (b *backend) signallingServer() (srv *httptest.Server, handled <-chan struct{}) {
+	ch := make(chan struct{}, 1)
+	inner := b.h.HTTPHandler()
+	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		inner.ServeHTTP(w, r)
+		ch <- struct{}{}
+	}))
+	b.t.Cleanup(srv.Close)
+	return srv, ch
+}
+
 // tick runs one sweep to completion: the second send cannot be received
 // until the sweep started by the first has finished.
 func (b *backend) tick() {

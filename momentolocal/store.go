@@ -187,16 +187,7 @@ func (s *store) delete(cache, key string) {
 // for again.
 func (s *store) sweep() {
 	now := s.now().UnixNano()
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		for _, e := range sh.items.m {
-			if now >= e.expires {
-				s.remove(sh, e)
-			}
-		}
-		sh.mu.Unlock()
-	}
+	s.dropItems(func(e *entry) bool { return now >= e.expires })
 }
 
 // sweeper is the goroutine that sweeps a store on every tick until it is

@@ -539,13 +539,7 @@ func TestPublishTooLarge(t *testing.T) {
 // A publish whose body ends early must publish nothing.
 func TestAbortedPublishPublishesNothing(t *testing.T) {
 	b := newBackend(t, Handler{})
-	handled := make(chan struct{}, 1)
-	inner := b.h.HTTPHandler()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		inner.ServeHTTP(w, r)
-		handled <- struct{}{}
-	}))
-	defer srv.Close()
+	srv, handled := b.signallingServer()
 	for _, request := range []string{
 		"Transfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n5\r\nab",
 		"Transfer-Encoding: chunked\r\n\r\n",
@@ -633,13 +627,7 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 
 func TestSubscriberDisconnectFreesHandler(t *testing.T) {
 	b := newBackend(t, Handler{})
-	handled := make(chan struct{}, 1)
-	inner := b.h.HTTPHandler()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		inner.ServeHTTP(w, r)
-		handled <- struct{}{}
-	}))
-	defer srv.Close()
+	srv, handled := b.signallingServer()
 	client := &http.Client{Transport: &http.Transport{}}
 	baseline := runtime.NumGoroutine()
 
@@ -924,23 +912,9 @@ func BenchmarkPublish(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer h.Close()
-	handler := h.HTTPHandler()
-	value := bytes.Repeat([]byte("m"), 100)
-	body := &rewindBody{}
 	req := httptest.NewRequest(http.MethodPost, "/topics/c/t", nil)
 	req.Header.Set("Content-Type", "text/plain")
-	req.Body = body
-	req.ContentLength = int64(len(value))
-	w := &discardWriter{header: make(http.Header)}
-	b.ReportAllocs()
-	for b.Loop() {
-		body.Reset(value)
-		clear(w.header)
-		handler.ServeHTTP(w, req)
-	}
-	if w.status != http.StatusNoContent {
-		b.Fatalf("status %d", w.status)
-	}
+	benchmarkUpload(b, h.HTTPHandler(), req, bytes.Repeat([]byte("m"), 100))
 }
 
 // BenchmarkSubscribe measures a subscribe that is answered at once with
