@@ -124,7 +124,9 @@ type Handler struct {
 	// bucket of that many tokens, refilled continuously: a burst of up to
 	// a second's worth, then one every 1/N second. Only operations the
 	// backend would perform count: requests answered 400, 401 or 404
-	// Cache Not Found do not.
+	// Cache Not Found for their URL or token do not. The limit is checked
+	// before a body is read, so a set refused for its body (413) has
+	// taken its token, as the upload reached the region.
 	MaxOpsPerSecond int `json:"max_ops_per_second,omitempty"`
 
 	// The publishes admitted a second, counted as max_ops_per_second
