@@ -5,7 +5,9 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
@@ -40,9 +42,50 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				max_memory 64MB
 				max_message_size 2KiB
 				topic_buffer 16
+				name us-east-1
+				latency 10ms
+				max_ops_per_second 100
+				max_publishes_per_second 10
+				max_subscriptions 100
 			}`,
 			want: Handler{Token: "t0ken", Caches: []string{"a", "b", "c"}, MaxItemSize: 1 << 20, MaxMemory: 64_000_000,
-				MaxMessageSize: 2048, TopicBuffer: 16},
+				MaxMessageSize: 2048, TopicBuffer: 16, Name: "us-east-1", Latency: caddy.Duration(10 * time.Millisecond),
+				MaxOpsPerSecond: 100, MaxPublishesPerSecond: 10, MaxSubscriptions: 100},
+		},
+		{
+			name:    "bad latency",
+			input:   "momento_local {\n\tlatency soon\n}",
+			wantErr: "latency must be a duration such as 10ms, got soon, at Testfile:2",
+		},
+		{
+			name:    "negative latency",
+			input:   "momento_local {\n\tlatency -1s\n}",
+			wantErr: "latency must be a duration such as 10ms, got -1s, at Testfile:2",
+		},
+		{
+			name:    "zero max_ops_per_second",
+			input:   "momento_local {\n\tmax_ops_per_second 0\n}",
+			wantErr: "max_ops_per_second must be a whole number of operations, 1 or more, got 0, at Testfile:2",
+		},
+		{
+			name:    "max_subscriptions with a unit",
+			input:   "momento_local {\n\tmax_subscriptions 1k\n}",
+			wantErr: "max_subscriptions must be a whole number of subscriptions, 1 or more, got 1k, at Testfile:2",
+		},
+		{
+			name:    "max_publishes_per_second twice",
+			input:   "momento_local {\n\tmax_publishes_per_second 1\n\tlatency 1ms\n\tmax_publishes_per_second 2\n}",
+			wantErr: "max_publishes_per_second is already given at Testfile:2; give it once, at Testfile:4",
+		},
+		{
+			name:    "name twice",
+			input:   "momento_local {\n\tname a\n\tname b\n}",
+			wantErr: "name is already given at Testfile:2",
+		},
+		{
+			name:    "name without value",
+			input:   "momento_local {\n\tname\n}",
+			wantErr: "wrong argument count or unexpected line ending after 'name', at Testfile:2",
 		},
 		{
 			name:  "plain message size",
@@ -62,7 +105,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{
 			name:    "unknown subdirective",
 			input:   "momento_local {\n\ttoken t\n\tcolour red\n}",
-			wantErr: "unrecognized momento_local subdirective 'colour', at Testfile:3",
+			wantErr: "unrecognized momento_local subdirective 'colour' (valid: name, token, caches, max_item_size, max_memory, max_message_size, topic_buffer, latency, max_ops_per_second, max_publishes_per_second, max_subscriptions), at Testfile:3",
 		},
 		{
 			name:    "token without value",
@@ -77,7 +120,27 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{
 			name:    "token twice",
 			input:   "momento_local {\n\ttoken a\n\ttoken b\n}",
-			wantErr: "token already specified, at Testfile:3",
+			wantErr: "token is already given at Testfile:2; give it once, at Testfile:3",
+		},
+		{
+			name:    "max_memory twice",
+			input:   "momento_local {\n\tmax_memory 1MiB\n\tcaches a\n\tmax_memory 2MiB\n}",
+			wantErr: "max_memory is already given at Testfile:2; give it once, at Testfile:4",
+		},
+		{
+			name:    "max_item_size twice",
+			input:   "momento_local {\n\tmax_item_size 1KiB\n\tmax_item_size 1KiB\n}",
+			wantErr: "max_item_size is already given at Testfile:2",
+		},
+		{
+			name:    "max_message_size twice",
+			input:   "momento_local {\n\tmax_message_size 1KiB\n\tmax_message_size 2KiB\n}",
+			wantErr: "max_message_size is already given at Testfile:2",
+		},
+		{
+			name:    "topic_buffer twice",
+			input:   "momento_local {\n\ttopic_buffer 1\n\ttopic_buffer 2\n}",
+			wantErr: "topic_buffer is already given at Testfile:2",
 		},
 		{
 			name:    "caches without names",
@@ -195,9 +258,15 @@ func TestAdaptCaddyfile(t *testing.T) {
 		max_memory 1MiB
 		max_message_size 512
 		topic_buffer 32
+		name eu-west-1
+		latency 250ms
+		max_ops_per_second 100
+		max_publishes_per_second 10
+		max_subscriptions 100
 	}
 }`,
-			handler: `{"handler":"momento_local","token":"t0ken","caches":["a","b"],"max_item_size":1024,"max_memory":1048576,"max_message_size":512,"topic_buffer":32}`,
+			handler: `{"handler":"momento_local","token":"t0ken","caches":["a","b"],"max_item_size":1024,"max_memory":1048576,"max_message_size":512,"topic_buffer":32,` +
+				`"name":"eu-west-1","latency":250000000,"max_ops_per_second":100,"max_publishes_per_second":10,"max_subscriptions":100}`,
 		},
 		{
 			// Ordered just before reverse_proxy, so after header and
@@ -216,7 +285,7 @@ func TestAdaptCaddyfile(t *testing.T) {
 		{
 			name:    "error carries the line",
 			caddy:   ":8080 {\n\tmomento_local {\n\t\tcolour red\n\t}\n}",
-			wantErr: "unrecognized momento_local subdirective 'colour', at Caddyfile:3",
+			wantErr: "unrecognized momento_local subdirective 'colour' (valid: name, token, caches, max_item_size, max_memory, max_message_size, topic_buffer, latency, max_ops_per_second, max_publishes_per_second, max_subscriptions), at Caddyfile:3",
 		},
 		{
 			name:    "topic_buffer error carries the line",

@@ -13,15 +13,37 @@
 // Every request is authorized and checked against the configured caches the
 // same way, whichever API it is for: see Handler.
 //
+// # Reloads
+//
+// In Caddy, a backend's data lives in state kept across config reloads
+// under its name (Handler.Name, "default" when unset): a reloaded config
+// with a momento_local of the same name keeps its items, topics, sequence
+// numbers and pages. The new config's settings take effect over the kept
+// data with the first request it serves (a config that fails to load
+// changes nothing): a smaller max_memory evicts, a smaller max_item_size
+// drops larger items, a smaller topic_buffer drops older messages, and a
+// cache taken off the caches list loses its items and topics. A backend
+// whose name no config uses any more is freed. Subscribers waiting through
+// the old config are answered an empty page and poll again; see Close.
+//
+// # Simulating a region
+//
+// Off by default, Handler's Latency, MaxOpsPerSecond,
+// MaxPublishesPerSecond and MaxSubscriptions make the backend answer late
+// and refuse with 429, as a Momento region under its account limits does,
+// so that a gateway in front can be benchmarked against one.
+//
 // # Topics
 //
 // Topics are served the way Momento's HTTP API describes them:
 //
-//   - POST /topics/{cache}/{topic} publishes the body. Its Content-Type is
-//     text/plain (UTF-8; a charset parameter, if any, must say so) for a
-//     text message or application/octet-stream for a binary one; anything
-//     else is 400. Success is 204; a body over max_message_size is 413, and
-//     a body that cannot be read whole is not published either.
+//   - POST /topics/{cache}/{topic} publishes the body: a binary message
+//     when its Content-Type is application/octet-stream, a text message
+//     for any other type or none (Momento takes curl -d's
+//     application/x-www-form-urlencoded and application/json as text too).
+//     A text message that is not valid UTF-8 is 400. Success is 204; a
+//     body over max_message_size is 413, and a body that cannot be read
+//     whole is not published either.
 //   - GET /topics/{cache}/{topic}?sequence_number=N&sequence_page=P
 //     subscribes. N and P are whole numbers, absent meaning 0. It answers
 //     200 with Content-Type application/json as soon as it has something

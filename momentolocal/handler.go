@@ -1,15 +1,13 @@
 package momentolocal
 
 import (
+	"cmp"
 	"crypto/subtle"
-	"encoding/base64"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
-	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -57,6 +55,15 @@ const (
 // handler, so it composes with other handlers in a route. It must be
 // started by Provision (in Caddy) or New (outside) before it serves.
 type Handler struct {
+	// The name the backend's data is kept under across config reloads.
+	// A reload that keeps a momento_local of the same name keeps its
+	// items, topics and waiting subscribers; one that drops the name
+	// frees them. Handlers of one name share one backend, as when a site
+	// listens on two addresses; give each backend that stands for a
+	// region of its own (two regions, say) a name of its own. Default:
+	// "default".
+	Name string `json:"name,omitempty"`
+
 	// The token every request must carry, either raw in the
 	// `authorization` header or in the `token` query parameter. When
 	// empty, any token or none is accepted. A request that carries both
@@ -72,11 +79,16 @@ type Handler struct {
 	// PUT is answered 413 and nothing is stored. Default: 5 MiB.
 	MaxItemSize int64 `json:"max_item_size,omitempty"`
 
-	// The bound, in bytes, on the memory that cache items and topic
-	// messages use together: item keys and values, messages as the JSON
-	// subscribers receive (binary ones base64-encoded), topic names, and a
-	// small estimated overhead for each. When it is exceeded, whatever is
-	// oldest goes first: the least recently used item or the earliest
+	// The bound, in bytes, on the heap memory that cache items and topic
+	// messages hold together: item keys and values, messages as the JSON
+	// subscribers receive (binary ones base64-encoded), topic names, and
+	// each one's bookkeeping, which was measured (about 200 bytes an item,
+	// 80 a message, 220 a topic). The live heap they hold stays within
+	// 85-100% of the bound for small items and within 1% for large ones;
+	// the process's resident memory is more, by what Go's garbage
+	// collector keeps between cycles (up to twice the live heap with
+	// GOGC=100; GOMEMLIMIT caps it). When the bound is exceeded, whatever
+	// is oldest goes first: the least recently used item or the earliest
 	// published message still buffered, compared on one clock.
 	// Default: 256 MiB.
 	MaxMemory int64 `json:"max_memory,omitempty"`
@@ -91,21 +103,70 @@ type Handler struct {
 	// oldest one kept. Default: 256.
 	TopicBuffer int `json:"topic_buffer,omitempty"`
 
-	// Now returns the current time; nil means time.Now. Tests set it to
-	// move time forward without sleeping. It is not configuration.
-	Now func() time.Time `json:"-"`
+	// The fields below make the backend behave like a real Momento region
+	// under its account limits, for benchmarks and demos of a gateway in
+	// front. Each is off when unset. Every limit counts across config
+	// reloads (a reload neither refills it nor forgets open
+	// subscriptions), and past it the backend answers 429 with a
+	// plain-text body naming the limit, and no Retry-After, as Momento
+	// documents none.
 
-	store   *store
-	topics  *topics
-	sweeper *sweeper
-	caches  map[string]struct{}
-	logger  *zap.Logger
+	// A delay added to every answer of the API, between the answer being
+	// ready and its status line going out, as a region that many
+	// milliseconds of round trip away: a get answers that much later, a
+	// publish is acknowledged that much later (its subscribers see it at
+	// once), and a waiting subscriber receives a message that long after
+	// it was published.
+	Latency caddy.Duration `json:"latency,omitempty"`
 
-	// sweepTicks replaces the sweep ticker in tests.
+	// The cache operations (gets, sets and deletes) admitted a second:
+	// Momento's default account limit is 100 a second per region. A token
+	// bucket of that many tokens, refilled continuously: a burst of up to
+	// a second's worth, then one every 1/N second. Only operations the
+	// backend would perform count: requests answered 400, 401 or 404
+	// Cache Not Found for their URL or token do not. The limit is checked
+	// before a body is read, so a set refused for its body (413) has
+	// taken its token, as the upload reached the region.
+	MaxOpsPerSecond int `json:"max_ops_per_second,omitempty"`
+
+	// The publishes admitted a second, counted as max_ops_per_second
+	// counts cache operations. Momento limits topics apart from the cache
+	// (10 operations a second per region by default). Subscribes are not
+	// counted here: a long-polling subscriber asks again after every
+	// message, so counting its polls would limit the message rate rather
+	// than the clients; max_subscriptions bounds subscribers instead.
+	MaxPublishesPerSecond int `json:"max_publishes_per_second,omitempty"`
+
+	// The subscribe requests open at once: Momento's default account
+	// limit is 100 concurrent subscriptions per region. A subscribe holds
+	// its place from when it is admitted until it is answered, whether it
+	// waited or not; one past the limit is answered 429 at once.
+	MaxSubscriptions int `json:"max_subscriptions,omitempty"`
+
+	state  *state // the backend's data, kept across reloads
+	gen    uint64 // when the handler was started, see state.apply
+	caches map[string]struct{}
+	logger *zap.Logger
+
+	// release is closed when the handler stops, to answer the subscribers
+	// waiting through it; see Close. stopOnce is a pointer because New
+	// takes its configuration as a Handler value.
+	release  chan struct{}
+	stopOnce *sync.Once
+	pooled   bool // the state is in backends, not the handler's own
+
+	hooks hooks
+}
+
+// hooks are the seams tests use to drive time and follow subscribers; all
+// are nil in production.
+type hooks struct {
+	// now returns the current time; nil means time.Now.
+	now func() time.Time
+	// sweepTicks replaces the sweep ticker.
 	sweepTicks <-chan time.Time
-
-	// onWait, when set (by tests), is called each time a subscriber starts
-	// waiting for a publish, with no lock held.
+	// onWait is called each time a subscriber starts waiting for a
+	// publish, with no lock held.
 	onWait func()
 }
 
@@ -118,40 +179,54 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 }
 
 // New returns a started handler for use outside Caddy, with cfg's
-// configuration and defaults for what cfg leaves unset. Close stops it.
+// configuration and defaults for what cfg leaves unset. Its data is its
+// own, whatever its name, and Close frees it.
 func New(cfg Handler) (*Handler, error) {
-	h := cfg
+	h := &cfg
 	h.logger = zap.NewNop()
-	if err := h.start(nil); err != nil {
+	if err := h.prepare(); err != nil {
 		return nil, err
 	}
-	return &h, nil
+	h.state = newState(h)
+	return h, nil
 }
 
-// Provision sets defaults, creates the store and starts sweeping it.
+// Provision sets defaults and takes over the backend's state from the
+// config being replaced, if it has one of the same name, or creates it.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	if err := h.start(ctx.Done()); err != nil {
+	if err := h.prepare(); err != nil {
 		return err
 	}
-	return registerMetrics(ctx.GetMetricsRegistry(), h)
+	val, loaded, err := backends.LoadOrNew(h.Name, func() (caddy.Destructor, error) {
+		return newState(h), nil
+	})
+	if err != nil {
+		return err
+	}
+	h.state, h.pooled = val.(*state), true
+	if loaded {
+		if err := h.state.take(h, ctx.Done()); err != nil {
+			return err
+		}
+		h.logger.Info("momento_local keeps its data across the reload",
+			zap.String("name", h.Name),
+			zap.Int("items", h.state.store.len()),
+			zap.Int("topics", h.state.topics.count()))
+	} else {
+		_ = h.state.take(h, ctx.Done())
+	}
+	return registerMetrics(ctx.GetMetricsRegistry())
 }
 
-// start is what New and Provision share. The sweeper stops on Close or
-// when done is closed.
-func (h *Handler) start(done <-chan struct{}) error {
-	if h.MaxItemSize == 0 {
-		h.MaxItemSize = DefaultMaxItemSize
-	}
-	if h.MaxMemory == 0 {
-		h.MaxMemory = DefaultMaxMemory
-	}
-	if h.MaxMessageSize == 0 {
-		h.MaxMessageSize = DefaultMaxMessageSize
-	}
-	if h.TopicBuffer == 0 {
-		h.TopicBuffer = DefaultTopicBuffer
-	}
+// prepare is what New and Provision share: defaults, validation, and the
+// handler's own bookkeeping.
+func (h *Handler) prepare() error {
+	h.Name = cmp.Or(h.Name, DefaultName)
+	h.MaxItemSize = cmp.Or(h.MaxItemSize, DefaultMaxItemSize)
+	h.MaxMemory = cmp.Or(h.MaxMemory, DefaultMaxMemory)
+	h.MaxMessageSize = cmp.Or(h.MaxMessageSize, DefaultMaxMessageSize)
+	h.TopicBuffer = cmp.Or(h.TopicBuffer, DefaultTopicBuffer)
 	if err := h.Validate(); err != nil {
 		return err
 	}
@@ -162,21 +237,21 @@ func (h *Handler) start(done <-chan struct{}) error {
 			h.caches[name] = struct{}{}
 		}
 	}
-	now := h.Now
-	if now == nil {
-		now = time.Now
-	}
-	h.store = newStore(h.MaxMemory, now)
-	h.topics = newTopics(h.store, h.TopicBuffer, now, h.onWait)
-	h.sweeper = startSweeper(h.store, sweepInterval, h.sweepTicks, done)
-
+	h.gen = generation.Add(1)
+	h.release = make(chan struct{})
+	h.stopOnce = new(sync.Once)
 	h.logger.Debug("momento_local ready",
+		zap.String("name", h.Name),
 		zap.Bool("token_required", h.Token != ""),
 		zap.Strings("caches", h.Caches),
 		zap.Int64("max_item_size", h.MaxItemSize),
 		zap.Int64("max_memory", h.MaxMemory),
 		zap.Int64("max_message_size", h.MaxMessageSize),
-		zap.Int("topic_buffer", h.TopicBuffer))
+		zap.Int("topic_buffer", h.TopicBuffer),
+		zap.Duration("latency", time.Duration(h.Latency)),
+		zap.Int("max_ops_per_second", h.MaxOpsPerSecond),
+		zap.Int("max_publishes_per_second", h.MaxPublishesPerSecond),
+		zap.Int("max_subscriptions", h.MaxSubscriptions))
 	return nil
 }
 
@@ -194,16 +269,27 @@ func (h *Handler) Validate() error {
 	if h.TopicBuffer < 0 {
 		return fmt.Errorf("topic_buffer must be positive, got %d", h.TopicBuffer)
 	}
-	itemSize, memory := h.MaxItemSize, h.MaxMemory
-	if itemSize == 0 {
-		itemSize = DefaultMaxItemSize
+	if h.Latency < 0 {
+		return fmt.Errorf("latency must not be negative, got %v", time.Duration(h.Latency))
 	}
-	if memory == 0 {
-		memory = DefaultMaxMemory
+	for _, limit := range []struct {
+		name string
+		n    int
+	}{
+		{"max_ops_per_second", h.MaxOpsPerSecond},
+		{"max_publishes_per_second", h.MaxPublishesPerSecond},
+		{"max_subscriptions", h.MaxSubscriptions},
+	} {
+		if limit.n < 0 {
+			return fmt.Errorf("%s must be positive, or 0 (or unset) for no limit, got %d", limit.name, limit.n)
+		}
 	}
-	if memory < itemSize+itemOverhead {
-		return fmt.Errorf("max_memory (%d bytes) must exceed max_item_size (%d bytes) by at least %d bytes of per-item overhead, or the largest item could never be kept; raise max_memory or lower max_item_size",
-			memory, itemSize, itemOverhead)
+	itemSize, memory := cmp.Or(h.MaxItemSize, DefaultMaxItemSize), cmp.Or(h.MaxMemory, DefaultMaxMemory)
+	// The largest item takes its size, rounded up to an allocation size
+	// class (at most 1/8 more, or 8 KiB past 32 KiB), and the overhead.
+	if need := itemSize + min(itemSize/8, 8<<10) + itemOverhead; memory < need {
+		return fmt.Errorf("max_memory (%d bytes) must exceed max_item_size (%d bytes) by at least %d bytes of per-item overhead and allocation rounding, or the largest item could never be kept; raise max_memory or lower max_item_size",
+			memory, itemSize, need-itemSize)
 	}
 	for _, name := range h.Caches {
 		if problem := checkCacheName(name); problem != "" {
@@ -213,46 +299,56 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// Cleanup stops the sweeper and releases waiting subscribers when Caddy
-// unloads the config, so that a reload does not wait for their long polls.
+// Cleanup is Close, when Caddy unloads the handler's config.
 func (h *Handler) Cleanup() error {
 	return h.Close()
 }
 
-// Close stops the background sweeper and answers every subscriber waiting
-// on a topic with an empty page (200, no items), so clients poll again and
-// reach the next config; a subscribe that would wait is answered so from
-// then on. Otherwise the handler keeps answering
-// requests; only expired items are no longer swept in the background.
-// It is safe to call more than once.
+// Close stops the handler. Subscribers waiting through it are answered an
+// empty page (200, no items), as is a subscribe through it that would
+// wait from then on: they poll again and reach the config in force, which
+// finds the same messages when it keeps the backend. Keeping them waiting
+// instead would keep the old config's server, which Caddy shuts down
+// gracefully, alive until the next publish (with no grace_period, for
+// ever) and, with a grace_period, cut them off with an error a gateway
+// would count against its region.
+//
+// The backend's data is freed when no config uses its name any more, and
+// at once for a handler from New. Otherwise the handler keeps answering
+// requests. It is safe to call more than once.
 func (h *Handler) Close() error {
-	unregisterLive(h)
-	if h.sweeper != nil {
-		h.sweeper.close()
+	if h.stopOnce == nil {
+		return nil // never started
 	}
-	if h.topics != nil {
-		h.topics.close()
-	}
+	h.stopOnce.Do(func() {
+		close(h.release)
+		switch {
+		case h.pooled:
+			_, _ = backends.Delete(h.Name)
+		case h.state != nil:
+			_ = h.state.Destruct()
+		}
+	})
 	return nil
 }
 
 // Len returns the number of items stored, including expired items not yet
 // swept.
 func (h *Handler) Len() int {
-	if h.store == nil {
+	if h.state == nil {
 		return 0
 	}
-	return h.store.len()
+	return h.state.store.len()
 }
 
 // Bytes returns the key and value bytes stored, including those of expired
 // items not yet swept. The per-item overhead counted against max_memory is
 // not included, nor are topic messages.
 func (h *Handler) Bytes() int64 {
-	if h.store == nil {
+	if h.state == nil {
 		return 0
 	}
-	return h.store.size()
+	return h.state.store.size()
 }
 
 // ServeHTTP answers Momento API requests and passes any other request to
@@ -278,14 +374,22 @@ func (h *Handler) HTTPHandler() http.Handler {
 // it did.
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request) bool {
 	path := r.URL.Path
+	if h.state.applied.Load() < h.gen {
+		h.state.apply(h) // the first request of a reloaded config
+	}
+	var serve func(http.ResponseWriter, *http.Request, string)
 	switch {
 	case strings.HasPrefix(path, cachePrefix):
-		h.serveCache(w, r, path[len(cachePrefix):])
+		serve, path = h.serveCache, path[len(cachePrefix):]
 	case strings.HasPrefix(path, topicsPrefix):
-		h.serveTopic(w, r, path[len(topicsPrefix):])
+		serve, path = h.serveTopic, path[len(topicsPrefix):]
 	default:
 		return false
 	}
+	if h.Latency > 0 {
+		w = &lateWriter{ResponseWriter: w, ctx: r.Context(), delay: time.Duration(h.Latency)}
+	}
+	serve(w, r, path)
 	return true
 }
 
@@ -316,71 +420,6 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request) (query, bool) {
 	return q, true
 }
 
-// serveCache answers GET, PUT and DELETE on /cache/{cache}. Errors are
-// written here as plain text rather than returned, because Caddy without
-// handle_errors would answer them with an empty body.
-func (h *Handler) serveCache(w http.ResponseWriter, r *http.Request, cache string) {
-	q, ok := h.admit(w, r)
-	if !ok {
-		return
-	}
-	switch r.Method {
-	case http.MethodGet, http.MethodPut, http.MethodDelete:
-	default:
-		w.Header().Set("Allow", "GET, PUT, DELETE")
-		writeError(w, http.StatusMethodNotAllowed, "method "+r.Method+" is not allowed on /cache/: use GET, PUT or DELETE")
-		return
-	}
-	if problem := checkCacheName(cache); problem != "" {
-		writeError(w, http.StatusBadRequest, "invalid cache name: "+problem)
-		return
-	}
-	key, problem := q.itemKey()
-	if problem != "" {
-		writeError(w, http.StatusBadRequest, problem)
-		return
-	}
-	var ttl time.Duration
-	if r.Method == http.MethodPut {
-		if ttl, problem = q.ttl(); problem != "" {
-			writeError(w, http.StatusBadRequest, problem)
-			return
-		}
-	}
-	if !h.cacheExists(w, cache) {
-		return
-	}
-
-	switch r.Method {
-	case http.MethodGet:
-		value, ok := h.store.get(cache, key)
-		if !ok {
-			writeError(w, http.StatusNotFound, "Key Not Found")
-			return
-		}
-		// One allocation for both header values; capped so that an append
-		// to one cannot overwrite the other.
-		vals := []string{"application/octet-stream", strconv.Itoa(len(value))}
-		hdr := w.Header()
-		hdr["Content-Type"] = vals[0:1:1]
-		hdr["Content-Length"] = vals[1:2:2]
-		w.WriteHeader(http.StatusOK)
-		_, _ = w.Write(value)
-	case http.MethodPut:
-		value, status, err := readValue(r, int64(len(key)), h.MaxItemSize)
-		if err != nil {
-			h.logger.Debug("not storing item", zap.String("cache", cache), zap.Error(err))
-			writeError(w, status, err.Error())
-			return
-		}
-		h.store.set(cache, key, value, ttl)
-		w.WriteHeader(http.StatusNoContent)
-	case http.MethodDelete:
-		h.store.delete(cache, key)
-		w.WriteHeader(http.StatusNoContent)
-	}
-}
-
 // authorize checks the request's token against the configured one and
 // returns the status and message to answer with when it fails, or 0.
 // Messages never contain a token.
@@ -407,51 +446,6 @@ func (h *Handler) authorize(r *http.Request, q *query) (int, string) {
 	return 0, ""
 }
 
-// readValue reads a PUT body that, with a key of keyLen bytes, fits in
-// maxItemSize. On any failure it returns no value, the status to answer with
-// and the reason: a truncated upload must never be stored as if it were the
-// whole value.
-func readValue(r *http.Request, keyLen, maxItemSize int64) ([]byte, int, error) {
-	return readBody(r, maxItemSize-keyLen, func() error {
-		return fmt.Errorf("item too large: key plus value exceed max_item_size (%d bytes)", maxItemSize)
-	})
-}
-
-// readBody reads a request body of at most limit bytes, answering
-// tooLarge's error with 413 when it is larger. Like readValue, it returns
-// either the whole body or an error.
-func readBody(r *http.Request, limit int64, tooLarge func() error) ([]byte, int, error) {
-	if limit < 0 || r.ContentLength > limit {
-		return nil, http.StatusRequestEntityTooLarge, tooLarge()
-	}
-	var value []byte
-	var err error
-	if r.ContentLength >= 0 {
-		// The length is known and within bounds: read into a buffer of
-		// exactly that size, which then becomes the stored copy.
-		value = make([]byte, r.ContentLength)
-		_, err = io.ReadFull(r.Body, value)
-	} else {
-		value, err = io.ReadAll(io.LimitReader(r.Body, limit+1))
-		if err == nil && int64(len(value)) > limit {
-			return nil, http.StatusRequestEntityTooLarge, tooLarge()
-		}
-		// Don't let append's spare capacity count as memory nobody sees.
-		if cap(value)-len(value) > len(value)/8 {
-			value = append([]byte(nil), value...)
-		}
-	}
-	if err != nil {
-		// An earlier handler such as request_body may have set a limit.
-		var maxBytes *http.MaxBytesError
-		if errors.As(err, &maxBytes) {
-			return nil, http.StatusRequestEntityTooLarge, err
-		}
-		return nil, http.StatusBadRequest, fmt.Errorf("reading the request body: %w", err)
-	}
-	return value, 0, nil
-}
-
 // writeError answers with a plain-text message, as Momento does.
 func writeError(w http.ResponseWriter, status int, message string) {
 	vals := []string{"text/plain; charset=utf-8", "nosniff"}
@@ -460,140 +454,6 @@ func writeError(w http.ResponseWriter, status int, message string) {
 	hdr["X-Content-Type-Options"] = vals[1:2:2]
 	w.WriteHeader(status)
 	_, _ = io.WriteString(w, message)
-}
-
-// checkCacheName returns what is wrong with a cache name, or "".
-func checkCacheName(name string) string { return checkName("cache", name) }
-
-// checkName returns what is wrong with the name of a cache or topic (what),
-// or "".
-func checkName(what, name string) string {
-	if name == "" {
-		return what + " name is empty"
-	}
-	if strings.Contains(name, "/") {
-		return what + " name must not contain '/'"
-	}
-	if strings.Contains(name, "..") {
-		return what + " name must not contain '..'"
-	}
-	for i := 0; i < len(name); i++ {
-		if c := name[i]; c < 0x20 || c == 0x7f {
-			return what + " name must not contain control characters"
-		}
-	}
-	return ""
-}
-
-// query holds the query parameters the cache and topics APIs read, still
-// undecoded where decoding is only needed for some operations.
-type query struct {
-	key            string
-	keyBase64      string
-	ttlSeconds     string
-	token          string
-	sequenceNumber string
-	sequencePage   string
-	hasKey         bool
-	hasKeyBase64   bool
-	hasTTL         bool
-	hasToken       bool
-	hasSeqNumber   bool
-	hasSeqPage     bool
-}
-
-// parseQuery scans a raw query for the parameters the API reads. It
-// avoids url.ParseQuery, which allocates a map and slices for every
-// request, and unescapes only values that need it. Unknown parameters are
-// ignored; a parameter given twice is a problem, since it is ambiguous.
-func parseQuery(raw string) (query, string) {
-	var q query
-	for raw != "" {
-		var part string
-		part, raw, _ = strings.Cut(raw, "&")
-		if part == "" {
-			continue
-		}
-		name, value, _ := strings.Cut(part, "=")
-		name, err := unescape(name)
-		if err != nil {
-			return q, "malformed query: " + err.Error()
-		}
-		var dst *string
-		var seen *bool
-		switch name {
-		case "key":
-			dst, seen = &q.key, &q.hasKey
-		case "key_base64":
-			dst, seen = &q.keyBase64, &q.hasKeyBase64
-		case "ttl_seconds":
-			dst, seen = &q.ttlSeconds, &q.hasTTL
-		case "token":
-			dst, seen = &q.token, &q.hasToken
-		case "sequence_number":
-			dst, seen = &q.sequenceNumber, &q.hasSeqNumber
-		case "sequence_page":
-			dst, seen = &q.sequencePage, &q.hasSeqPage
-		default:
-			continue
-		}
-		if *seen {
-			return q, "query parameter " + name + " is given more than once"
-		}
-		if *dst, err = unescape(value); err != nil {
-			return q, "malformed query: " + err.Error()
-		}
-		*seen = true
-	}
-	return q, ""
-}
-
-func unescape(s string) (string, error) {
-	if !strings.ContainsAny(s, "%+") {
-		return s, nil
-	}
-	return url.QueryUnescape(s)
-}
-
-// itemKey returns the key the request addresses: key as given, or the
-// bytes key_base64 decodes to, so both forms address the same item.
-func (q *query) itemKey() (string, string) {
-	switch {
-	case q.hasKey && q.hasKeyBase64:
-		return "", "give exactly one of the key and key_base64 query parameters, not both"
-	case q.hasKey:
-		if q.key == "" {
-			return "", "key is empty"
-		}
-		return q.key, ""
-	case q.hasKeyBase64:
-		// Momento's example omits the padding; accept it either way.
-		b, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(q.keyBase64, "="))
-		if err != nil {
-			return "", "key_base64 is not valid URL-safe base64"
-		}
-		if len(b) == 0 {
-			return "", "key_base64 is empty"
-		}
-		return string(b), ""
-	default:
-		return "", "missing key: give the key or key_base64 query parameter"
-	}
-}
-
-// ttl returns the item lifetime a PUT asks for.
-func (q *query) ttl() (time.Duration, string) {
-	if !q.hasTTL {
-		return 0, "missing ttl_seconds: give the item's lifetime in whole seconds"
-	}
-	n, err := strconv.ParseInt(q.ttlSeconds, 10, 64)
-	if err != nil || n <= 0 {
-		return 0, "ttl_seconds must be a positive whole number of seconds"
-	}
-	if n > maxTTLSeconds {
-		return 0, fmt.Sprintf("ttl_seconds must be at most %d", maxTTLSeconds)
-	}
-	return time.Duration(n) * time.Second, ""
 }
 
 // Interface guards

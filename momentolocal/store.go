@@ -2,6 +2,7 @@ package momentolocal
 
 import (
 	"hash/maphash"
+	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,10 +15,13 @@ const (
 	// two, so that picking a shard is a mask.
 	numShards = 32
 
-	// itemOverhead estimates what one item costs beyond its key and value
-	// bytes (entry struct, map slot, LRU links), so that many tiny items
-	// cannot grow memory far beyond max_memory.
-	itemOverhead = 128
+	// itemOverhead is what one item costs the heap beyond its key and its
+	// value's buffer: the entry with its LRU links (96 bytes), its map
+	// slot (41 bytes at a load between 7/16 and 7/8, see shrinkingMap) and
+	// its key's rounding up to a size class. TestMemoryBound measures it
+	// with runtime.MemStats: about 180 to 200 bytes for small items. The
+	// higher figure is used, so that max_memory bounds the live heap.
+	itemOverhead = 200
 )
 
 // store is the in-memory cache: items keyed by cache name and key, each with
@@ -25,7 +29,7 @@ const (
 //
 // Each shard keeps its own LRU list ordered by a global access sequence, so
 // the globally least recently used item is always the oldest of the shard
-// tails; eviction compares those tails and so stays exact across shards.
+// lists' fronts; eviction compares those and so stays exact across shards.
 //
 // Topic messages share the bound: each takes a number from the same access
 // sequence when published, so eviction can weigh the earliest message still
@@ -34,10 +38,11 @@ type store struct {
 	shards   [numShards]shard
 	seed     maphash.Seed
 	now      func() time.Time
-	maxBytes int64   // bound on bytes plus items*itemOverhead plus topic memory
-	topics   *topics // nil when no topics share the bound
+	maxBytes atomic.Int64 // bound on memory(), max_memory
+	topics   *topics      // nil when no topics share the bound
 
 	bytes atomic.Int64  // key and value bytes stored
+	cost  atomic.Int64  // what the items cost the heap, see entry.cost
 	items atomic.Int64  // number of items stored
 	seq   atomic.Uint64 // access sequence: higher is more recently used
 
@@ -46,13 +51,12 @@ type store struct {
 	evictMu sync.Mutex
 }
 
-// shard is one lock's share of the items. Its LRU list runs from head
-// (most recently used) to tail (least recently used).
+// shard is one lock's share of the items, with their LRU list: least
+// recently used at the front.
 type shard struct {
 	mu    sync.Mutex
-	items map[itemKey]*entry
-	head  *entry
-	tail  *entry
+	items shrinkingMap[itemKey, *entry]
+	lru   list[entry, *entry]
 
 	// Pad to a cache line of its own so that locking one shard does not
 	// slow down neighbours that share the line.
@@ -66,23 +70,43 @@ type itemKey struct {
 	key   string
 }
 
+// entry is a stored item. Its fields are few and small on purpose: with a
+// map slot, it is most of what a small item costs (see itemOverhead).
 type entry struct {
 	k       itemKey
 	value   []byte // never modified once stored, so readers may use it unlocked
-	expires time.Time
-	seq     uint64
-	prev    *entry // towards head
-	next    *entry // towards tail
+	expires int64  // Unix nanoseconds: 8 bytes where a time.Time takes 24
+	seq     uint64 // the store's access sequence when it was last used
+	lru     links[entry]
 }
 
+func (e *entry) links() *links[entry] { return &e.lru }
+
+// size is the key and value bytes, as Bytes reports them.
 func (e *entry) size() int64 { return int64(len(e.k.key) + len(e.value)) }
 
+// cost is what the item counts against max_memory. The value counts by its
+// capacity, which readBody makes the size class the allocator really gave
+// it, so a 1025-byte value counts as the 1152 bytes it takes.
+func (e *entry) cost() int64 { return int64(len(e.k.key)+cap(e.value)) + itemOverhead }
+
 func newStore(maxBytes int64, now func() time.Time) *store {
-	s := &store{seed: maphash.MakeSeed(), now: now, maxBytes: maxBytes}
+	s := &store{seed: maphash.MakeSeed(), now: now}
+	s.maxBytes.Store(maxBytes)
 	for i := range s.shards {
-		s.shards[i].items = make(map[itemKey]*entry)
+		s.shards[i].items = newShrinkingMap[itemKey, *entry]()
 	}
 	return s
+}
+
+// expiry returns when an item set now for ttl expires, in Unix nanoseconds,
+// saturating rather than overflowing for the longest ttl_seconds.
+func expiry(now time.Time, ttl time.Duration) int64 {
+	n := now.UnixNano()
+	if int64(ttl) > math.MaxInt64-n {
+		return math.MaxInt64
+	}
+	return n + int64(ttl)
 }
 
 // shardFor hashes only the key: the same key in different caches sharing a
@@ -94,15 +118,15 @@ func (s *store) shardFor(key string) *shard {
 // get returns the value of an unexpired item and marks it recently used.
 // The returned slice must not be modified.
 func (s *store) get(cache, key string) ([]byte, bool) {
-	now := s.now()
+	now := s.now().UnixNano()
 	sh := s.shardFor(key)
 	sh.mu.Lock()
-	e := sh.items[itemKey{cache, key}]
+	e := sh.items.m[itemKey{cache, key}]
 	if e == nil {
 		sh.mu.Unlock()
 		return nil, false
 	}
-	if !now.Before(e.expires) {
+	if now >= e.expires {
 		s.remove(sh, e)
 		sh.mu.Unlock()
 		return nil, false
@@ -116,24 +140,30 @@ func (s *store) get(cache, key string) ([]byte, bool) {
 // set stores value under cache and key for ttl, replacing any item there.
 // The store keeps value itself: the caller must not modify it afterwards.
 func (s *store) set(cache, key string, value []byte, ttl time.Duration) {
-	expires := s.now().Add(ttl)
+	expires := expiry(s.now(), ttl)
 	sh := s.shardFor(key)
 	sh.mu.Lock()
-	if e := sh.items[itemKey{cache, key}]; e != nil {
+	if e := sh.items.m[itemKey{cache, key}]; e != nil {
 		s.bytes.Add(int64(len(value) - len(e.value)))
+		s.cost.Add(int64(cap(value) - cap(e.value)))
 		e.value = value
 		e.expires = expires
 		s.touch(sh, e)
 	} else {
 		// Clone so that the stored item does not pin the request's URL.
-		e = &entry{
-			k:       itemKey{strings.Clone(cache), strings.Clone(key)},
-			value:   value,
-			expires: expires,
+		// Items of one cache share one copy of its name: the newest item
+		// of the shard is most often of the same cache.
+		c := cache
+		if n := sh.lru.newest(); n != nil && n.k.cache == cache {
+			c = n.k.cache
+		} else {
+			c = strings.Clone(cache)
 		}
-		sh.items[e.k] = e
-		s.pushFront(sh, e)
+		e = &entry{k: itemKey{c, strings.Clone(key)}, value: value, expires: expires}
+		sh.items.m[e.k] = e
+		s.add(sh, e)
 		s.bytes.Add(e.size())
+		s.cost.Add(e.cost())
 		s.items.Add(1)
 	}
 	sh.mu.Unlock()
@@ -146,7 +176,7 @@ func (s *store) set(cache, key string, value []byte, ttl time.Duration) {
 func (s *store) delete(cache, key string) {
 	sh := s.shardFor(key)
 	sh.mu.Lock()
-	if e := sh.items[itemKey{cache, key}]; e != nil {
+	if e := sh.items.m[itemKey{cache, key}]; e != nil {
 		s.remove(sh, e)
 	}
 	sh.mu.Unlock()
@@ -156,17 +186,8 @@ func (s *store) delete(cache, key string) {
 // keeps answers right; sweeping gives back the memory of items nobody asks
 // for again.
 func (s *store) sweep() {
-	now := s.now()
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		for _, e := range sh.items {
-			if !now.Before(e.expires) {
-				s.remove(sh, e)
-			}
-		}
-		sh.mu.Unlock()
-	}
+	now := s.now().UnixNano()
+	s.dropItems(func(e *entry) bool { return now >= e.expires })
 }
 
 // sweeper is the goroutine that sweeps a store on every tick until it is
@@ -212,19 +233,54 @@ func (sw *sweeper) close() {
 	<-sw.stopped
 }
 
+// dropItems removes every item for which drop returns true.
+func (s *store) dropItems(drop func(e *entry) bool) {
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for _, e := range sh.items.m {
+			if drop(e) {
+				s.remove(sh, e)
+			}
+		}
+		sh.mu.Unlock()
+	}
+}
+
+// clear removes every item and gives back the maps' memory.
+func (s *store) clear() {
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for _, e := range sh.items.m {
+			s.remove(sh, e)
+		}
+		sh.items = newShrinkingMap[itemKey, *entry]()
+		sh.mu.Unlock()
+	}
+}
+
+// setBound changes max_memory, evicting at once if the store is over it.
+func (s *store) setBound(maxBytes int64) {
+	s.maxBytes.Store(maxBytes)
+	if s.overBound() {
+		s.evict()
+	}
+}
+
 func (s *store) len() int    { return int(s.items.Load()) }
 func (s *store) size() int64 { return s.bytes.Load() }
 
 // memory is what counts against the bound, topic messages included.
 func (s *store) memory() int64 {
-	m := s.bytes.Load() + s.items.Load()*itemOverhead
+	m := s.cost.Load()
 	if s.topics != nil {
 		m += s.topics.memory.Load()
 	}
 	return m
 }
 
-func (s *store) overBound() bool { return s.memory() > s.maxBytes }
+func (s *store) overBound() bool { return s.memory() > s.maxBytes.Load() }
 
 // evict removes least recently used items, and topic messages older than
 // them, until the store is within its bound. Shards and topics are locked
@@ -238,8 +294,8 @@ func (s *store) evict() {
 		for i := range s.shards {
 			sh := &s.shards[i]
 			sh.mu.Lock()
-			if sh.tail != nil && (oldest == nil || sh.tail.seq < oldestSeq) {
-				oldest, oldestSeq = sh, sh.tail.seq
+			if e := sh.lru.oldest(); e != nil && (oldest == nil || e.seq < oldestSeq) {
+				oldest, oldestSeq = sh, e.seq
 			}
 			sh.mu.Unlock()
 		}
@@ -252,62 +308,35 @@ func (s *store) evict() {
 		if oldest == nil {
 			return // what is left (topics with waiting subscribers) cannot be evicted
 		}
-		// The tail may have been used or removed since it was seen; then
+		// The front may have been used or removed since it was seen; then
 		// this evicts a slightly newer item, which only bends LRU order
 		// under a race and still makes progress.
 		oldest.mu.Lock()
-		if oldest.tail != nil {
-			s.remove(oldest, oldest.tail)
+		if e := oldest.lru.oldest(); e != nil {
+			s.remove(oldest, e)
 		}
 		oldest.mu.Unlock()
 	}
 }
 
-// The list helpers below require sh.mu to be held.
+// The helpers below require sh.mu to be held.
 
+// touch marks e as the most recently used item.
 func (s *store) touch(sh *shard, e *entry) {
 	e.seq = s.seq.Add(1)
-	if sh.head == e {
-		return
-	}
-	s.unlink(sh, e)
-	s.linkFront(sh, e)
+	sh.lru.moveToBack(e)
 }
 
-func (s *store) pushFront(sh *shard, e *entry) {
+// add puts a new item, already in sh.items, on the LRU list.
+func (s *store) add(sh *shard, e *entry) {
 	e.seq = s.seq.Add(1)
-	s.linkFront(sh, e)
+	sh.lru.pushBack(e)
 }
 
 func (s *store) remove(sh *shard, e *entry) {
-	delete(sh.items, e.k)
-	s.unlink(sh, e)
+	sh.items.delete(e.k)
+	sh.lru.remove(e)
 	s.bytes.Add(-e.size())
+	s.cost.Add(-e.cost())
 	s.items.Add(-1)
-}
-
-func (s *store) linkFront(sh *shard, e *entry) {
-	e.prev = nil
-	e.next = sh.head
-	if sh.head != nil {
-		sh.head.prev = e
-	}
-	sh.head = e
-	if sh.tail == nil {
-		sh.tail = e
-	}
-}
-
-func (s *store) unlink(sh *shard, e *entry) {
-	if e.prev != nil {
-		e.prev.next = e.next
-	} else {
-		sh.head = e.next
-	}
-	if e.next != nil {
-		e.next.prev = e.prev
-	} else {
-		sh.tail = e.prev
-	}
-	e.prev, e.next = nil, nil
 }

@@ -3,6 +3,7 @@ package momentolocal
 import (
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -19,25 +20,25 @@ func checkInvariants(t *testing.T, s *store) {
 		sh.mu.Lock()
 		n := 0
 		var prev *entry
-		for e := sh.head; e != nil; e = e.next {
-			if e.prev != prev {
+		for e := sh.lru.oldest(); e != nil; e = newer(e) {
+			if older(e) != prev {
 				t.Errorf("shard %d: broken prev link at %q", i, e.k.key)
 			}
-			if prev != nil && prev.seq <= e.seq {
-				t.Errorf("shard %d: %q (seq %d) listed before older %q (seq %d)", i, e.k.key, e.seq, prev.k.key, prev.seq)
+			if prev != nil && prev.seq >= e.seq {
+				t.Errorf("shard %d: %q (seq %d) listed after newer %q (seq %d)", i, e.k.key, e.seq, prev.k.key, prev.seq)
 			}
-			if sh.items[e.k] != e {
+			if sh.items.m[e.k] != e {
 				t.Errorf("shard %d: listed item %q is not in the map", i, e.k.key)
 			}
 			n++
 			bytes += e.size()
 			prev = e
 		}
-		if sh.tail != prev {
-			t.Errorf("shard %d: tail is not the last item", i)
+		if sh.lru.newest() != prev {
+			t.Errorf("shard %d: the newest is not the last item listed", i)
 		}
-		if n != len(sh.items) {
-			t.Errorf("shard %d: %d items listed, %d in the map", i, n, len(sh.items))
+		if n != len(sh.items.m) {
+			t.Errorf("shard %d: %d items listed, %d in the map", i, n, len(sh.items.m))
 		}
 		items += int64(n)
 		sh.mu.Unlock()
@@ -48,8 +49,8 @@ func checkInvariants(t *testing.T, s *store) {
 	if got := s.size(); got != bytes {
 		t.Errorf("byte count %d, but %d bytes stored", got, bytes)
 	}
-	if s.memory() > s.maxBytes {
-		t.Errorf("memory %d exceeds the bound %d", s.memory(), s.maxBytes)
+	if s.memory() > s.maxBytes.Load() {
+		t.Errorf("memory %d exceeds the bound %d", s.memory(), s.maxBytes.Load())
 	}
 }
 
@@ -184,4 +185,62 @@ func TestSweeperStopsWhenDone(t *testing.T) {
 		t.Fatal("the sweeper did not stop when done was closed")
 	}
 	sw.close() // still safe afterwards
+}
+
+// liveHeap returns the bytes of live heap objects after a full collection.
+func liveHeap() int64 {
+	runtime.GC()
+	runtime.GC() // a second cycle frees what the first one's finalizers let go
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc)
+}
+
+// TestMemoryBound fills stores well past max_memory with items of several
+// shapes and checks that the heap they hold stays within the bound, and
+// not far below it: itemOverhead must be what an item really costs, not a
+// guess. It logs what an item costs the heap beyond its key and value, the
+// figure itemOverhead comes from; see it with -v.
+func TestMemoryBound(t *testing.T) {
+	const bound = 8 << 20
+	for _, tc := range []struct {
+		keyLen, valueLen int
+	}{
+		{8, 1}, // the case of issue 10: one-byte values, 1.9x the bound in heap
+		{8, 0},
+		{40, 100},
+		{16, 1000},
+		{16, 20000},
+	} {
+		t.Run(fmt.Sprintf("key %d value %d", tc.keyLen, tc.valueLen), func(t *testing.T) {
+			before := liveHeap()
+			s := newStore(bound, time.Now)
+			// Three times what fits, so the maps reach their size at the
+			// bound and eviction churns through them.
+			perItem := int64(tc.keyLen+tc.valueLen) + itemOverhead
+			n := int(3 * bound / perItem)
+			key := make([]byte, tc.keyLen)
+			for i := range n {
+				copy(key, fmt.Sprintf("%0*d", tc.keyLen, i))
+				// As readBody reads a value of known length.
+				value := slices.Grow([]byte(nil), tc.valueLen)[:tc.valueLen]
+				s.set("cache", string(key), value, time.Hour)
+			}
+			heap := liveHeap() - before
+			items := int64(s.len())
+			overhead := float64(heap-s.size()) / float64(items)
+			t.Logf("%d items: heap %d bytes for a bound of %d (%.2f), %.0f bytes per item beyond key and value",
+				items, heap, int64(bound), float64(heap)/bound, overhead)
+			if s.memory() > bound {
+				t.Errorf("accounted memory %d exceeds the bound %d", s.memory(), bound)
+			}
+			if heap > bound*103/100 {
+				t.Errorf("the items hold %d bytes of heap, more than the bound %d by over 3%%", heap, bound)
+			}
+			if heap < bound*85/100 {
+				t.Errorf("the items hold %d bytes of heap, less than 85%% of the bound %d: the accounting overestimates", heap, bound)
+			}
+			runtime.KeepAlive(s)
+		})
+	}
 }

@@ -2,21 +2,12 @@ package momentolocal
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
-	"fmt"
-	"io"
-	"mime"
-	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
-
-	"go.uber.org/zap"
 )
 
 const (
@@ -24,192 +15,22 @@ const (
 	// carries; a subscriber further behind gets the rest on its next poll.
 	maxSubscribeItems = 100
 
-	// messageOverhead estimates what a buffered message costs beyond its
-	// encoded value: the message struct and its slot in the topic's buffer.
-	messageOverhead = 96
+	// messageOverhead is what a buffered message costs beyond its encoded
+	// value's buffer: the message struct (64 bytes) and its slot in the
+	// topic's buffer, which append grows to twice what it holds.
+	// TestTopicMemoryBound measures it with runtime.MemStats.
+	messageOverhead = 80
 
-	// topicOverhead estimates what a topic costs beyond its names: the
-	// topic struct and its map slot.
-	topicOverhead = 192
+	// topicOverhead is what a topic costs beyond its names: the topic
+	// struct, its map slot and its names' rounding up to a size class, as
+	// TestTopicMemoryBound measures it.
+	topicOverhead = 224
 )
 
-// errClosed is what subscribers waiting when the handler closes get.
-var errClosed = errors.New("momento_local is shutting down")
-
-// serveTopic answers POST (publish) and GET (subscribe) on
-// /topics/{cache}/{topic}; path is what follows /topics/.
-func (h *Handler) serveTopic(w http.ResponseWriter, r *http.Request, path string) {
-	q, ok := h.admit(w, r)
-	if !ok {
-		return
-	}
-	if r.Method != http.MethodGet && r.Method != http.MethodPost {
-		w.Header().Set("Allow", "GET, POST")
-		writeError(w, http.StatusMethodNotAllowed, "method "+r.Method+" is not allowed on /topics/: use POST to publish or GET to subscribe")
-		return
-	}
-	cache, topic, hasTopic := strings.Cut(path, "/")
-	if problem := checkName("cache", cache); problem != "" {
-		writeError(w, http.StatusBadRequest, "invalid cache name: "+problem)
-		return
-	}
-	if !hasTopic {
-		writeError(w, http.StatusBadRequest, "missing topic name: use /topics/{cacheName}/{topicName}")
-		return
-	}
-	if problem := checkName("topic", topic); problem != "" {
-		writeError(w, http.StatusBadRequest, "invalid topic name: "+problem)
-		return
-	}
-	var from, page uint64
-	var binary bool
-	var problem string
-	if r.Method == http.MethodGet {
-		if from, problem = wholeNumber("sequence_number", q.sequenceNumber, q.hasSeqNumber); problem == "" {
-			page, problem = wholeNumber("sequence_page", q.sequencePage, q.hasSeqPage)
-		}
-	} else {
-		binary, problem = messageKind(r.Header.Get("Content-Type"))
-	}
-	if problem != "" {
-		writeError(w, http.StatusBadRequest, problem)
-		return
-	}
-	if !h.cacheExists(w, cache) {
-		return
-	}
-
-	if r.Method == http.MethodPost {
-		h.publish(w, r, cache, topic, binary)
-		return
-	}
-	a, err := h.topics.subscribe(r.Context(), cache, topic, from, page)
-	if errors.Is(err, errClosed) {
-		// The config is being unloaded (a reload, say): an empty page, and
-		// the client polls again, reaching the new config. Not a 503: a
-		// gateway in front would count that against the region.
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = io.WriteString(w, `{"items":[]}`)
-		return
-	}
-	if err != nil {
-		return // the client has gone: there is nobody to answer
-	}
-	body := a.appendJSON(nil)
-	vals := []string{"application/json", strconv.Itoa(len(body))}
-	hdr := w.Header()
-	hdr["Content-Type"] = vals[0:1:1]
-	hdr["Content-Length"] = vals[1:2:2]
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(body)
-}
-
-// publish reads a message and publishes it, or nothing when the body is too
-// large or cannot be read whole.
-func (h *Handler) publish(w http.ResponseWriter, r *http.Request, cache, topic string, binary bool) {
-	body, status, err := readBody(r, h.MaxMessageSize, func() error {
-		return fmt.Errorf("message too large: it exceeds max_message_size (%d bytes); nothing was published", h.MaxMessageSize)
-	})
-	if err != nil {
-		h.logger.Debug("not publishing", zap.String("cache", cache), zap.String("topic", topic), zap.Error(err))
-		writeError(w, status, err.Error())
-		return
-	}
-	if !binary && !utf8.Valid(body) {
-		writeError(w, http.StatusBadRequest, "a text/plain message must be UTF-8: publish other bytes as application/octet-stream")
-		return
-	}
-	value := encodeValue(body, binary)
-	if cost := int64(len(value)) + messageOverhead + topicOverhead + int64(len(cache)+len(topic)); cost > h.MaxMemory {
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf(
-			"message too large: it would take %d bytes of memory, more than max_memory (%d bytes); nothing was published", cost, h.MaxMemory))
-		return
-	}
-	h.topics.publish(cache, topic, value)
-	w.WriteHeader(http.StatusNoContent)
-}
-
-// messageKind tells from a publish's Content-Type whether the message is
-// binary, or what is wrong with it.
-func messageKind(contentType string) (binary bool, problem string) {
-	const use = "publish text as text/plain (UTF-8) or bytes as application/octet-stream"
-	if contentType == "" {
-		return false, "missing Content-Type: " + use
-	}
-	mediaType, params, err := mime.ParseMediaType(contentType)
-	if err != nil {
-		return false, fmt.Sprintf("malformed Content-Type %q: %v; %s", contentType, err, use)
-	}
-	switch mediaType {
-	case "text/plain":
-		if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") && !strings.EqualFold(cs, "us-ascii") {
-			return false, fmt.Sprintf("Content-Type %q: text messages must be UTF-8; publish other bytes as application/octet-stream", contentType)
-		}
-		return false, ""
-	case "application/octet-stream":
-		return true, ""
-	}
-	return false, fmt.Sprintf("Content-Type %q cannot be published: %s", contentType, use)
-}
-
-// wholeNumber parses the value of a query parameter that is a non-negative
-// integer, 0 when absent.
-func wholeNumber(name, value string, given bool) (uint64, string) {
-	if !given {
-		return 0, ""
-	}
-	n, err := strconv.ParseUint(value, 10, 64)
-	if err != nil {
-		return 0, name + " must be a whole number, 0 or more"
-	}
-	return n, ""
-}
-
-// encodeValue returns the JSON a subscriber receives for a message:
-// {"text":"…"} or {"binary":"<standard base64>"}. Messages are kept so
-// encoded, which spares re-encoding them for every subscriber.
-func encodeValue(body []byte, binary bool) []byte {
-	if binary {
-		const pre, post = `{"binary":"`, `"}`
-		v := make([]byte, 0, len(pre)+base64.StdEncoding.EncodedLen(len(body))+len(post))
-		v = append(v, pre...)
-		v = base64.StdEncoding.AppendEncode(v, body)
-		return append(v, post...)
-	}
-	v := make([]byte, 0, len(body)+len(`{"text":""}`)+8)
-	v = append(v, `{"text":`...)
-	v = appendJSONString(v, body)
-	v = append(v, '}')
-	return slices.Clip(v)
-}
-
-// appendJSONString appends s, which is valid UTF-8, as a JSON string.
-func appendJSONString(dst, s []byte) []byte {
-	const hex = "0123456789abcdef"
-	dst = append(dst, '"')
-	start := 0
-	for i, c := range s {
-		if c >= 0x20 && c != '"' && c != '\\' {
-			continue
-		}
-		dst = append(dst, s[start:i]...)
-		switch c {
-		case '"', '\\':
-			dst = append(dst, '\\', c)
-		case '\n':
-			dst = append(dst, '\\', 'n')
-		case '\r':
-			dst = append(dst, '\\', 'r')
-		case '\t':
-			dst = append(dst, '\\', 't')
-		default:
-			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-		}
-		start = i + 1
-	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
-}
+// errReleased is what a waiting subscriber gets when its handler lets it
+// go (its config is being unloaded) or its topic's cache is dropped: it is
+// answered an empty page and polls again, reaching the config in force.
+var errReleased = errors.New("momento_local released the subscriber")
 
 // topics holds every topic of a handler and the messages they buffer.
 //
@@ -220,20 +41,17 @@ type topics struct {
 	store    *store // whose bound and access sequence messages share
 	capacity int    // messages kept per topic: topic_buffer
 	now      func() time.Time
-	onWait   func() // see Handler.onWait
+	onWait   func() // see hooks.onWait; read under mu, so tests may set it late
 
 	// memory is what topics and their messages count against max_memory.
 	// It changes only under mu; it is atomic so the store can read it
 	// without taking mu.
 	memory atomic.Int64
 
-	mu       sync.Mutex
-	byKey    map[topicKey]*topic
-	oldest   *message // the earliest published message still buffered
-	newest   *message
-	lastPage uint64
-	closed   chan struct{} // closed by close, to release waiting subscribers
-	isClosed bool
+	mu        sync.Mutex
+	byKey     shrinkingMap[topicKey, *topic]
+	published list[message, *message] // every buffered message, in publish order
+	lastPage  uint64
 }
 
 type topicKey struct {
@@ -249,6 +67,7 @@ type topic struct {
 	messages []*message // buffered, oldest first, numbered up to next-1
 	waiters  int        // subscribers waiting for message next
 	ready    chan struct{}
+	gone     bool // its cache was dropped: waiters are released
 }
 
 // first returns the number of the oldest buffered message, or next when
@@ -264,11 +83,14 @@ type message struct {
 	lru   uint64 // the store's access sequence when it was published
 	value []byte // its JSON, see encodeValue
 	topic *topic
-	older *message // in publish order across all topics
-	newer *message
+	order links[message] // on topics.published
 }
 
-func (m *message) cost() int64 { return int64(len(m.value)) + messageOverhead }
+func (m *message) links() *links[message] { return &m.order }
+
+// cost is what the message counts against max_memory: its buffer, by
+// capacity (see encodeValue), and messageOverhead.
+func (m *message) cost() int64 { return int64(cap(m.value)) + messageOverhead }
 
 func newTopics(s *store, capacity int, now func() time.Time, onWait func()) *topics {
 	ts := &topics{
@@ -276,8 +98,7 @@ func newTopics(s *store, capacity int, now func() time.Time, onWait func()) *top
 		capacity: capacity,
 		now:      now,
 		onWait:   onWait,
-		byKey:    make(map[topicKey]*topic),
-		closed:   make(chan struct{}),
+		byKey:    newShrinkingMap[topicKey, *topic](),
 	}
 	s.topics = ts
 	return ts
@@ -291,15 +112,10 @@ func (ts *topics) publish(cache, name string, value []byte) {
 	if len(t.messages) == ts.capacity {
 		ts.drop(t.messages[0])
 	}
-	m := &message{seq: t.next, lru: ts.store.seq.Add(1), value: value, topic: t, older: ts.newest}
+	m := &message{seq: t.next, lru: ts.store.seq.Add(1), value: value, topic: t}
 	t.next++
 	t.messages = append(t.messages, m)
-	if ts.newest != nil {
-		ts.newest.newer = m
-	} else {
-		ts.oldest = m
-	}
-	ts.newest = m
+	ts.published.pushBack(m)
 	ts.memory.Add(m.cost())
 	if t.ready != nil {
 		close(t.ready)
@@ -323,9 +139,9 @@ type answer struct {
 
 // subscribe returns what a subscriber that asks for message from of
 // sequence page page gets, waiting until there is something when need be.
-// It returns ctx's error when ctx ends first, and errClosed when the topics
-// are closed first.
-func (ts *topics) subscribe(ctx context.Context, cache, name string, from, page uint64) (answer, error) {
+// It returns ctx's error when ctx ends first, and errReleased when release
+// is closed first (or was already) or the topic's cache is dropped.
+func (ts *topics) subscribe(ctx context.Context, release <-chan struct{}, cache, name string, from, page uint64) (answer, error) {
 	ts.mu.Lock()
 	t := ts.topicFor(cache, name)
 	// last is the client's last message, as far as unsigned numbers can say.
@@ -356,33 +172,39 @@ func (ts *topics) subscribe(ctx context.Context, cache, name string, from, page 
 			ts.mu.Unlock()
 			return a, nil
 		}
-		if ts.isClosed {
+		select {
+		case <-release:
 			ts.forgetIfIdle(t)
 			ts.mu.Unlock()
-			return answer{}, errClosed
+			return answer{}, errReleased
+		default:
 		}
 		if t.ready == nil {
 			t.ready = make(chan struct{})
 		}
 		ready := t.ready
 		t.waiters++
+		onWait := ts.onWait
 		ts.mu.Unlock()
 		if ts.store.overBound() { // the topic may be new
 			ts.store.evict()
 		}
-		if ts.onWait != nil {
-			ts.onWait()
+		if onWait != nil {
+			onWait()
 		}
 		var err error
 		select {
 		case <-ready:
 		case <-ctx.Done():
 			err = ctx.Err()
-		case <-ts.closed:
-			err = errClosed
+		case <-release:
+			err = errReleased
 		}
 		ts.mu.Lock()
 		t.waiters--
+		if err == nil && t.gone {
+			err = errReleased
+		}
 		if err != nil {
 			ts.forgetIfIdle(t)
 			ts.mu.Unlock()
@@ -391,15 +213,47 @@ func (ts *topics) subscribe(ctx context.Context, cache, name string, from, page 
 	}
 }
 
-// close releases every waiting subscriber, and any later one that would
-// wait, with errClosed.
-func (ts *topics) close() {
+// dropCaches forgets the topics of the caches for which gone returns
+// true, with their messages, and releases their waiting subscribers.
+func (ts *topics) dropCaches(gone func(cache string) bool) {
 	ts.mu.Lock()
-	if !ts.isClosed {
-		ts.isClosed = true
-		close(ts.closed)
+	defer ts.mu.Unlock()
+	for _, t := range ts.byKey.m {
+		if gone(t.key.cache) {
+			ts.forget(t)
+		}
 	}
-	ts.mu.Unlock()
+}
+
+// clear forgets every topic.
+func (ts *topics) clear() {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	for _, t := range ts.byKey.m {
+		ts.forget(t)
+	}
+	ts.byKey = newShrinkingMap[topicKey, *topic]()
+}
+
+// setCapacity changes topic_buffer, dropping what each topic holds beyond
+// it, oldest first; its subscribers get a discontinuity, as for any
+// message dropped.
+func (ts *topics) setCapacity(capacity int) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	ts.capacity = capacity
+	for _, t := range ts.byKey.m {
+		for len(t.messages) > capacity {
+			ts.drop(t.messages[0])
+		}
+	}
+}
+
+// count returns how many topics are kept.
+func (ts *topics) count() int {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return len(ts.byKey.m)
 }
 
 // oldestMessage returns the store access sequence of the earliest published
@@ -407,16 +261,17 @@ func (ts *topics) close() {
 func (ts *topics) oldestMessage() (uint64, bool) {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
-	if ts.oldest == nil {
+	m := ts.published.oldest()
+	if m == nil {
 		return 0, false
 	}
-	return ts.oldest.lru, true
+	return m.lru, true
 }
 
 // dropOldestMessage drops the earliest published message still buffered.
 func (ts *topics) dropOldestMessage() {
 	ts.mu.Lock()
-	if m := ts.oldest; m != nil {
+	if m := ts.published.oldest(); m != nil {
 		ts.drop(m)
 		ts.forgetIfIdle(m.topic)
 	}
@@ -427,7 +282,7 @@ func (ts *topics) dropOldestMessage() {
 
 // topicFor returns a topic, creating it with a new page if need be.
 func (ts *topics) topicFor(cache, name string) *topic {
-	if t := ts.byKey[topicKey{cache, name}]; t != nil {
+	if t := ts.byKey.m[topicKey{cache, name}]; t != nil {
 		return t
 	}
 	page := uint64(max(ts.now().Unix(), 1))
@@ -437,7 +292,7 @@ func (ts *topics) topicFor(cache, name string) *topic {
 	ts.lastPage = page
 	// Clone so that the topic does not pin the request's URL.
 	t := &topic{key: topicKey{strings.Clone(cache), strings.Clone(name)}, page: page}
-	ts.byKey[t.key] = t
+	ts.byKey.m[t.key] = t
 	ts.memory.Add(t.cost())
 	return t
 }
@@ -446,10 +301,25 @@ func (ts *topics) topicFor(cache, name string) *topic {
 // subscribers: nobody would miss it, and a client must not be able to make
 // topics without bound. A subscriber that comes back finds a new page.
 func (ts *topics) forgetIfIdle(t *topic) {
-	if len(t.messages) == 0 && t.waiters == 0 && ts.byKey[t.key] == t {
-		delete(ts.byKey, t.key)
+	if len(t.messages) == 0 && t.waiters == 0 && ts.byKey.m[t.key] == t {
+		ts.byKey.delete(t.key)
 		ts.memory.Add(-t.cost())
 	}
+}
+
+// forget drops a topic with its messages, whatever it holds, and wakes its
+// waiting subscribers, who see it gone.
+func (ts *topics) forget(t *topic) {
+	for len(t.messages) > 0 {
+		ts.drop(t.messages[0])
+	}
+	t.gone = true
+	if t.ready != nil {
+		close(t.ready)
+		t.ready = nil
+	}
+	ts.byKey.delete(t.key)
+	ts.memory.Add(-t.cost())
 }
 
 // drop removes m, which must be the oldest message of its topic.
@@ -460,50 +330,6 @@ func (ts *topics) drop(m *message) {
 	if len(t.messages) == 0 {
 		t.messages = nil // let the buffer's array go
 	}
-	if m.older != nil {
-		m.older.newer = m.newer
-	} else {
-		ts.oldest = m.newer
-	}
-	if m.newer != nil {
-		m.newer.older = m.older
-	} else {
-		ts.newest = m.older
-	}
-	m.older, m.newer = nil, nil
+	ts.published.remove(m)
 	ts.memory.Add(-m.cost())
-}
-
-// appendJSON appends the answer in Momento's shape:
-//
-//	{"items":[{"discontinuity":{…}},{"item":{"topic_sequence_number":0,"sequence_page":3,"value":{"text":"hi"}}}]}
-func (a *answer) appendJSON(dst []byte) []byte {
-	size := len(`{"items":[]}`) + 100
-	for _, m := range a.messages {
-		size += len(m.value) + 100
-	}
-	dst = slices.Grow(dst, size)
-	dst = append(dst, `{"items":[`...)
-	if a.gap {
-		dst = append(dst, `{"discontinuity":{"last_topic_sequence":`...)
-		dst = strconv.AppendUint(dst, a.last, 10)
-		dst = append(dst, `,"new_topic_sequence":`...)
-		dst = strconv.AppendUint(dst, a.next, 10)
-		dst = append(dst, `,"new_sequence_page":`...)
-		dst = strconv.AppendUint(dst, a.page, 10)
-		dst = append(dst, `}}`...)
-	}
-	for i, m := range a.messages {
-		if i > 0 || a.gap {
-			dst = append(dst, ',')
-		}
-		dst = append(dst, `{"item":{"topic_sequence_number":`...)
-		dst = strconv.AppendUint(dst, m.seq, 10)
-		dst = append(dst, `,"sequence_page":`...)
-		dst = strconv.AppendUint(dst, a.page, 10)
-		dst = append(dst, `,"value":`...)
-		dst = append(dst, m.value...)
-		dst = append(dst, `}}`...)
-	}
-	return append(dst, `]}`...)
 }
