@@ -248,21 +248,25 @@ func parentField(field string) string {
 
 // stringArg reads the one value of a setting that may be given once.
 func (b *block) stringArg(field string, dst *string) error {
-	if err := b.once(field); err != nil {
-		return err
-	}
-	v, err := oneArg(b.d)
+	_, v, err := b.value(field)
 	*dst = v
 	return err
 }
 
+// value reads the one value of a setting that may be given once, and the
+// setting's name as written.
+func (b *block) value(field string) (name, v string, err error) {
+	if err := b.once(field); err != nil {
+		return "", "", err
+	}
+	name = b.d.Val()
+	v, err = oneArg(b.d)
+	return name, v, err
+}
+
 // durationArg reads one positive duration ("10s", "1m30s", "2d").
 func (b *block) durationArg(field string, dst *caddy.Duration) error {
-	if err := b.once(field); err != nil {
-		return err
-	}
-	name := b.d.Val()
-	v, err := oneArg(b.d)
+	name, v, err := b.value(field)
 	if err != nil {
 		return err
 	}
@@ -276,11 +280,7 @@ func (b *block) durationArg(field string, dst *caddy.Duration) error {
 
 // sizeArg reads one positive size ("5MiB", "4KiB", "1048576") up to max.
 func (b *block) sizeArg(field string, dst *int64, max uint64, example string) error {
-	if err := b.once(field); err != nil {
-		return err
-	}
-	name := b.d.Val()
-	v, err := oneArg(b.d)
+	name, v, err := b.value(field)
 	if err != nil {
 		return err
 	}
@@ -346,10 +346,7 @@ func (b *block) breaker(field string, c *BreakerConfig) error {
 		name := d.Val()
 		switch name {
 		case "failures", "min_requests", "half_open_requests":
-			if err := b.once(field + "." + name); err != nil {
-				return err
-			}
-			v, err := oneArg(d)
+			_, v, err := b.value(field + "." + name)
 			if err != nil {
 				return err
 			}
@@ -366,10 +363,7 @@ func (b *block) breaker(field string, c *BreakerConfig) error {
 				c.HalfOpenRequests = uint32(n)
 			}
 		case "failure_ratio":
-			if err := b.once(field + "." + name); err != nil {
-				return err
-			}
-			v, err := oneArg(d)
+			_, v, err := b.value(field + "." + name)
 			if err != nil {
 				return err
 			}

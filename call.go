@@ -130,71 +130,72 @@ func parseCall(r *http.Request) (*call, bool) {
 	c := &call{bodySize: r.ContentLength}
 	switch {
 	case strings.HasPrefix(p, cachePrefix):
-		c.api = apiCache
-		c.refusal = c.parseCachePath(r.Method, p[len(cachePrefix):])
+		c.api, c.cache = apiCache, p[len(cachePrefix):]
 	case strings.HasPrefix(p, topicsPrefix):
 		c.api = apiTopics
-		c.refusal = c.parseTopicPath(r.Method, p[len(topicsPrefix):])
+		c.cache, c.topic, _ = strings.Cut(p[len(topicsPrefix):], "/")
 	default:
 		return nil, false
 	}
-	if c.refusal != nil || c.op == opOptions {
+	if c.op = methodOp(c.api, r.Method); c.op == opOptions {
 		return c, true
 	}
-	if c.refusal = c.parseQuery(r.URL.RawQuery); c.refusal != nil {
-		return c, true
-	}
-	if c.op == opPublish {
-		if c.refusal = c.checkContentType(r.Header.Get("Content-Type")); c.refusal != nil {
-			return c, true
-		}
-	}
-	c.hasAuthHeader = len(r.Header["Authorization"]) > 0
+	c.refusal = c.parseRequest(r)
 	return c, true
 }
 
-func (c *call) parseCachePath(method, cache string) *refusal {
-	c.cache = cache
-	switch method {
-	case http.MethodGet:
-		c.op = opGet
-	case http.MethodPut:
-		c.op = opSet
-	case http.MethodDelete:
-		c.op = opDelete
-	case http.MethodOptions:
-		c.op = opOptions
-		return nil
-	default:
-		return &refusal{status: http.StatusMethodNotAllowed,
-			msg:   "method " + method + " is not allowed on a cache; use GET, PUT or DELETE",
-			allow: allowedCacheMethods}
+// methodOp is the operation an HTTP method asks for on an API, or
+// opInvalid.
+func methodOp(a api, method string) op {
+	switch {
+	case method == http.MethodOptions:
+		return opOptions
+	case method == http.MethodGet && a == apiCache:
+		return opGet
+	case method == http.MethodPut && a == apiCache:
+		return opSet
+	case method == http.MethodDelete && a == apiCache:
+		return opDelete
+	case method == http.MethodPost && a == apiTopics:
+		return opPublish
+	case method == http.MethodGet && a == apiTopics:
+		return opSubscribe
 	}
-	return checkName("cache", cache)
+	return opInvalid
 }
 
-func (c *call) parseTopicPath(method, rest string) *refusal {
-	c.cache, c.topic, _ = strings.Cut(rest, "/")
-	switch method {
-	case http.MethodPost:
-		c.op = opPublish
-	case http.MethodGet:
-		c.op = opSubscribe
-	case http.MethodOptions:
-		c.op = opOptions
-		return nil
-	default:
-		return &refusal{status: http.StatusMethodNotAllowed,
-			msg:   "method " + method + " is not allowed on a topic; use POST to publish or GET to subscribe",
-			allow: allowedTopicMethods}
+// parseRequest checks the method, the names and the query, and returns the
+// first problem.
+func (c *call) parseRequest(r *http.Request) *refusal {
+	if c.op == opInvalid {
+		if c.api == apiTopics {
+			return &refusal{status: http.StatusMethodNotAllowed, allow: allowedTopicMethods,
+				msg: "method " + r.Method + " is not allowed on a topic; use POST to publish or GET to subscribe"}
+		}
+		return &refusal{status: http.StatusMethodNotAllowed, allow: allowedCacheMethods,
+			msg: "method " + r.Method + " is not allowed on a cache; use GET, PUT or DELETE"}
 	}
 	if rf := checkName("cache", c.cache); rf != nil {
 		return rf
 	}
-	if c.topic == "" {
-		return refuse(http.StatusBadRequest, "topic name is missing: use /topics/{cacheName}/{topicName}")
+	if c.api == apiTopics {
+		if c.topic == "" {
+			return refuse(http.StatusBadRequest, "topic name is missing: use /topics/{cacheName}/{topicName}")
+		}
+		if rf := checkName("topic", c.topic); rf != nil {
+			return rf
+		}
 	}
-	return checkName("topic", c.topic)
+	if rf := c.parseQuery(r.URL.RawQuery); rf != nil {
+		return rf
+	}
+	if c.op == opPublish {
+		if rf := c.checkContentType(r.Header.Get("Content-Type")); rf != nil {
+			return rf
+		}
+	}
+	c.hasAuthHeader = len(r.Header["Authorization"]) > 0
+	return nil
 }
 
 // maxNameSize bounds cache and topic names: far above any real name, far
