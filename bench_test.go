@@ -24,7 +24,7 @@ func benchRequest(b *testing.B, method, target string) *http.Request {
 
 // BenchmarkParseAndRoute: parsing, validation and routing of a get.
 func BenchmarkParseAndRoute(b *testing.B) {
-	h := &Handler{maxItemSize: defaultMaxItemSize, maxKeySize: defaultMaxKeySize}
+	h := &Handler{maxItemSize: defaultMaxItemSize}
 	rg := &region{name: "r"}
 	h.routes = []compiledRoute{{glob: "sessions-*", region: rg}}
 	h.defaultRegion = rg

@@ -1,11 +1,13 @@
 package momento
 
 import (
+	"cmp"
 	"encoding/base64"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // op is what a request asks Momento to do.
@@ -96,18 +98,20 @@ type call struct {
 	cache string
 	// topic is the topic name (publish, subscribe), after topic_prefix.
 	topic string
-	// key is the key as the upstream query expects it, after key_prefix:
-	// the client's key, query-escaped, or for key_base64 the unpadded
-	// URL-safe base64 text.
+	// key is the key's bytes, decoded, after key_prefix: the item the
+	// region stores. keyBase64 says the client named it with key_base64,
+	// and it is forwarded so.
 	key       string
 	keyBase64 bool
-	// keySize is the client's key in bytes, decoded.
+	// keySize is the client's key in bytes, decoded, before key_prefix.
 	keySize int
-	// ttl is the validated ttl_seconds digits (set only).
-	ttl string
-	// seqNumber and seqPage are the validated subscribe cursor, "" if absent.
-	seqNumber, seqPage string
-	// contentType is a publish's validated Content-Type, forwarded as is.
+	// ttl is the validated ttl_seconds (set only).
+	ttl uint64
+	// seqNumber and seqPage are the subscribe cursor, when given.
+	seqNumber, seqPage       uint64
+	hasSeqNumber, hasSeqPage bool
+	// contentType is a publish's Content-Type, forwarded as is
+	// (text/plain when the client sent none).
 	contentType string
 	// bodySize is the request's declared Content-Length (-1: chunked).
 	bodySize int64
@@ -190,9 +194,9 @@ func (c *call) parseRequest(r *http.Request) *refusal {
 		return rf
 	}
 	if c.op == opPublish {
-		if rf := c.checkContentType(r.Header.Get("Content-Type")); rf != nil {
-			return rf
-		}
+		// Momento takes every type (curl -d sends a form type, Momento's own
+		// demo JSON): application/octet-stream is binary, the rest text.
+		c.contentType = cmp.Or(r.Header.Get("Content-Type"), defaultPublishType)
 	}
 	c.hasAuthHeader = len(r.Header["Authorization"]) > 0
 	return nil
@@ -232,18 +236,9 @@ func nameProblem(what, name string) string {
 	return ""
 }
 
-// checkContentType accepts what Momento accepts for a publish.
-func (c *call) checkContentType(ct string) *refusal {
-	mt, _, _ := strings.Cut(ct, ";")
-	switch strings.ToLower(strings.TrimSpace(mt)) {
-	case "text/plain", "application/octet-stream":
-		c.contentType = ct
-		return nil
-	case "":
-		return refuse(http.StatusBadRequest, "publish needs a Content-Type: text/plain (UTF-8) or application/octet-stream")
-	}
-	return refuse(http.StatusBadRequest, "Content-Type "+strconv.Quote(mt)+" cannot be published: use text/plain (UTF-8) or application/octet-stream")
-}
+// defaultPublishType is what a publish without a Content-Type is sent as:
+// text, as Momento takes every type but application/octet-stream.
+const defaultPublishType = "text/plain"
 
 // parseQuery scans the query once, without building a url.Values map:
 // this runs on every request.
@@ -256,9 +251,9 @@ func (c *call) parseQuery(raw string) *refusal {
 		if pair == "" {
 			continue
 		}
-		if strings.IndexByte(pair, ';') >= 0 {
-			return refuse(http.StatusBadRequest, "query contains ';': separate parameters with '&'")
-		}
+		// A ';' is a literal character (Go's url.ParseQuery refuses it, but
+		// clients that do not encode keys send it, and Momento takes it):
+		// the upstream query is built anew, so it is never a separator there.
 		name, value, _ := strings.Cut(pair, "=")
 		if strings.ContainsAny(name, "%+") {
 			n, err := url.QueryUnescape(name)
@@ -297,17 +292,18 @@ func (c *call) parseQuery(raw string) *refusal {
 	case opPublish:
 		return nil
 	case opSubscribe:
+		var ok bool
 		if haveSeqNum {
-			if !isUint(seqNum) {
+			if c.seqNumber, ok = parseUint(seqNum); !ok {
 				return refuse(http.StatusBadRequest, "sequence_number must be a whole number (0 at first, then the last received + 1)")
 			}
-			c.seqNumber = seqNum
+			c.hasSeqNumber = true
 		}
 		if haveSeqPage {
-			if !isUint(seqPage) {
+			if c.seqPage, ok = parseUint(seqPage); !ok {
 				return refuse(http.StatusBadRequest, "sequence_page must be a whole number (0 at first, then the value received)")
 			}
-			c.seqPage = seqPage
+			c.hasSeqPage = true
 		}
 		return nil
 	}
@@ -323,42 +319,64 @@ func (c *call) parseQuery(raw string) *refusal {
 		if k == "" {
 			return refuse(http.StatusBadRequest, "key must not be empty")
 		}
-		// Re-escaped canonically: the upstream never sees a client's odd
-		// but accepted encoding. QueryEscape does not allocate for plain keys.
-		c.key, c.keySize = url.QueryEscape(k), len(k)
+		c.key = k
 	case haveKeyB64:
 		k, err := url.QueryUnescape(keyB64)
 		if err != nil {
 			return refuse(http.StatusBadRequest, "key_base64 is not valid URL encoding")
 		}
-		k = strings.TrimRight(k, "=")
-		if k == "" {
+		if strings.TrimRight(k, "=") == "" {
 			return refuse(http.StatusBadRequest, "key_base64 must not be empty")
 		}
-		if _, err := base64.RawURLEncoding.DecodeString(k); err != nil {
+		raw, ok := decodeKeyBase64(k)
+		if !ok {
 			return refuse(http.StatusBadRequest, "key_base64 is not URL-safe base64 (alphabet A-Z a-z 0-9 - _, padding optional)")
 		}
-		c.key, c.keyBase64, c.keySize = k, true, base64.RawURLEncoding.DecodedLen(len(k))
+		c.key, c.keyBase64 = raw, true
 	default:
 		return refuse(http.StatusBadRequest, "query parameter key (or key_base64) is required")
 	}
+	c.keySize = len(c.key)
 
 	if c.op == opSet {
 		if !haveTTL {
 			return refuse(http.StatusBadRequest, "query parameter ttl_seconds is required to set a value")
 		}
-		if n, err := strconv.ParseUint(ttl, 10, 63); err != nil || n == 0 {
+		n, ok := parseUint(ttl)
+		if !ok || n == 0 || n > maxTTLSeconds {
 			return refuse(http.StatusBadRequest, "ttl_seconds must be a positive whole number of seconds")
 		}
-		c.ttl = ttl
+		c.ttl = n
 	}
 	return nil
 }
 
-// isUint reports whether s is a whole number that fits in 64 bits.
-func isUint(s string) bool {
-	_, err := strconv.ParseUint(s, 10, 64)
-	return err == nil
+// maxTTLSeconds keeps a TTL within what a time.Duration holds.
+const maxTTLSeconds = 1<<63/uint64(time.Second) - 1
+
+// decodeKeyBase64 decodes a key in URL-safe base64, unpadded or padded.
+// Every byte is checked against the alphabet: Go's decoder skips CR and LF,
+// which would otherwise pass validation here and then be forwarded.
+func decodeKeyBase64(s string) (string, bool) {
+	t := strings.TrimRight(s, "=")
+	if pad := len(s) - len(t); pad > 2 || pad > 0 && len(s)%4 != 0 {
+		return "", false
+	}
+	for i := 0; i < len(t); i++ {
+		switch b := t[i]; {
+		case 'A' <= b && b <= 'Z', 'a' <= b && b <= 'z', '0' <= b && b <= '9', b == '-', b == '_':
+		default:
+			return "", false
+		}
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(t)
+	return string(raw), err == nil
+}
+
+// parseUint reads a whole number that fits in 64 bits, digits only.
+func parseUint(s string) (uint64, bool) {
+	n, err := strconv.ParseUint(s, 10, 64)
+	return n, err == nil
 }
 
 // upstreamPath is the path on the region's endpoint.
@@ -369,33 +387,35 @@ func (c *call) upstreamPath(basePath string) string {
 	return basePath + cachePrefix + c.cache
 }
 
-// upstreamQuery is the query sent to Momento: only what Momento needs,
-// never a client's token.
+// upstreamQuery is the query sent to Momento, built anew from what was
+// validated: only what Momento needs, in canonical form (a key escaped
+// once, key_base64 re-encoded, numbers without leading zeros), never a
+// client's bytes or token.
 func (c *call) upstreamQuery() string {
 	switch c.op {
 	case opPublish:
 		return ""
 	case opSubscribe:
-		q := ""
-		if c.seqNumber != "" {
-			q = "sequence_number=" + c.seqNumber
+		var q []byte
+		if c.hasSeqNumber {
+			q = strconv.AppendUint(append(q, "sequence_number="...), c.seqNumber, 10)
 		}
-		if c.seqPage != "" {
-			if q != "" {
-				q += "&"
+		if c.hasSeqPage {
+			if len(q) > 0 {
+				q = append(q, '&')
 			}
-			q += "sequence_page=" + c.seqPage
+			q = strconv.AppendUint(append(q, "sequence_page="...), c.seqPage, 10)
 		}
-		return q
+		return string(q)
 	}
 	var q string
 	if c.keyBase64 {
-		q = "key_base64=" + c.key
+		q = "key_base64=" + base64.RawURLEncoding.EncodeToString([]byte(c.key))
 	} else {
-		q = "key=" + c.key
+		q = "key=" + url.QueryEscape(c.key)
 	}
 	if c.op == opSet {
-		q += "&ttl_seconds=" + c.ttl
+		q += "&ttl_seconds=" + strconv.FormatUint(c.ttl, 10)
 	}
 	return q
 }

@@ -34,12 +34,19 @@ func TestParseCallBuildsTheUpstreamRequest(t *testing.T) {
 		{"GET", "/cache/demo?key=a+b", "", opGet, "/cache/demo", "key=a+b"},
 		{"GET", "/cache/demo?key_base64=aGVsbG8", "", opGet, "/cache/demo", "key_base64=aGVsbG8"},
 		{"GET", "/cache/demo?key_base64=aGVsbG8%3D", "", opGet, "/cache/demo", "key_base64=aGVsbG8"},
+		{"GET", "/cache/demo?key_base64=aGVsbG8=", "", opGet, "/cache/demo", "key_base64=aGVsbG8"},
+		{"GET", "/cache/demo?key=a;b", "", opGet, "/cache/demo", "key=a%3Bb"},
+		{"GET", "/cache/demo?key=a;b&x;y=z", "", opGet, "/cache/demo", "key=a%3Bb"},
+		{"PUT", "/cache/demo?key=k&ttl_seconds=0060", "", opSet, "/cache/demo", "key=k&ttl_seconds=60"},
 		{"PUT", "/cache/demo?ttl_seconds=60&key=k", "", opSet, "/cache/demo", "key=k&ttl_seconds=60"},
 		{"DELETE", "/cache/demo?key=k&token=client-secret&other=x", "", opDelete, "/cache/demo", "key=k"},
 		{"POST", "/topics/c/t", "text/plain; charset=utf-8", opPublish, "/topics/c/t", ""},
 		{"POST", "/topics/c/t?token=x", "application/octet-stream", opPublish, "/topics/c/t", ""},
+		{"POST", "/topics/c/t", "application/json", opPublish, "/topics/c/t", ""},
+		{"POST", "/topics/c/t", "", opPublish, "/topics/c/t", ""},
 		{"GET", "/topics/c/t", "", opSubscribe, "/topics/c/t", ""},
 		{"GET", "/topics/c/t?sequence_number=3&sequence_page=7", "", opSubscribe, "/topics/c/t", "sequence_number=3&sequence_page=7"},
+		{"GET", "/topics/c/t?sequence_page=07&sequence_number=003", "", opSubscribe, "/topics/c/t", "sequence_number=3&sequence_page=7"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.method+" "+tc.target, func(t *testing.T) {
@@ -65,9 +72,14 @@ func TestParseCallRefusesMalformedRequests(t *testing.T) {
 		{"both keys", "GET", "/cache/c?key=a&key_base64=YQ", "", 400, "either key or key_base64"},
 		{"repeated key", "GET", "/cache/c?key=a&key=b", "", 400, "more than once"},
 		{"bad base64", "GET", "/cache/c?key_base64=***", "", 400, "key_base64 is not URL-safe base64"},
+		{"LF in base64", "GET", "/cache/c?key_base64=Y%0AQ", "", 400, "key_base64 is not URL-safe base64"},
+		{"CR LF in base64", "PUT", "/cache/c?key_base64=Y%0D%0AQ&ttl_seconds=5", "", 400, "key_base64 is not URL-safe base64"},
+		{"trailing LF in base64", "DELETE", "/cache/c?key_base64=YQ%0A", "", 400, "key_base64 is not URL-safe base64"},
+		{"leading CR in base64", "GET", "/cache/c?key_base64=%0DYQ", "", 400, "key_base64 is not URL-safe base64"},
+		{"standard base64", "GET", "/cache/c?key_base64=a%2Bb/", "", 400, "key_base64 is not URL-safe base64"},
+		{"padding inside base64", "GET", "/cache/c?key_base64=YQ%3D%3DYQ", "", 400, "key_base64 is not URL-safe base64"},
 		{"empty base64", "GET", "/cache/c?key_base64=", "", 400, "key_base64 must not be empty"},
 		{"bad escape", "GET", "/cache/c?key=%zz", "", 400, "key is not valid URL encoding"},
-		{"semicolon", "GET", "/cache/c?key=a;b", "", 400, "';'"},
 		{"set without ttl", "PUT", "/cache/c?key=a", "", 400, "ttl_seconds is required"},
 		{"zero ttl", "PUT", "/cache/c?key=a&ttl_seconds=0", "", 400, "positive whole number"},
 		{"negative ttl", "PUT", "/cache/c?key=a&ttl_seconds=-5", "", 400, "positive whole number"},
@@ -80,8 +92,6 @@ func TestParseCallRefusesMalformedRequests(t *testing.T) {
 		{"long cache name", "GET", "/cache/" + strings.Repeat("c", 256) + "?key=a", "", 400, "longer than 255 bytes"},
 		{"POST on a cache", "POST", "/cache/c?key=a", "", 405, "use GET, PUT or DELETE"},
 		{"PATCH on a cache", "PATCH", "/cache/c?key=a", "", 405, "use GET, PUT or DELETE"},
-		{"publish without content type", "POST", "/topics/c/t", "", 400, "publish needs a Content-Type"},
-		{"publish as JSON", "POST", "/topics/c/t", "application/json", 400, `Content-Type "application/json" cannot be published`},
 		{"no topic", "POST", "/topics/c", "text/plain", 400, "topic name is missing"},
 		{"empty topic", "GET", "/topics/c/", "", 400, "topic name is missing"},
 		{"slash in topic", "GET", "/topics/c/a/b", "", 400, "topic name must not contain '/'"},
@@ -130,12 +140,13 @@ func TestCheckCall(t *testing.T) {
 		status                      int
 		msg                         string
 	}{
-		{"PUT", "/cache/c?key=k&ttl_seconds=5", "", 1025, "", 413, "value of 1025 bytes exceeds max_item_size (1024 bytes)"},
+		{"PUT", "/cache/c?key=k&ttl_seconds=5", "", 1020, "", 413, "item of 1025 bytes (key 5 + value 1020) exceeds max_item_size (1024 bytes, key plus value"},
 		{"POST", "/topics/c/t", "text/plain", 17, "", 413, "message of 17 bytes exceeds max_message_size (16 bytes)"},
 		{"GET", "/cache/c?key=123456789", "", 0, "", 400, "key of 9 bytes exceeds max_key_size (8 bytes)"},
 		{"GET", "/cache/c?key=k&token=mine", "", 0, "", 400, "does not accept client credentials"},
 		{"GET", "/cache/c?key=k", "", 0, "mine", 400, "does not accept client credentials"},
 		{"GET", "/cache/c?key=12345678", "", 0, "", 0, ""},
+		{"PUT", "/cache/c?key=12345678&ttl_seconds=5", "", 1012, "", 0, ""},
 	}
 	for _, tc := range cases {
 		r := httptest.NewRequest(tc.method, tc.target, strings.NewReader(strings.Repeat("x", int(tc.size))))
@@ -148,7 +159,7 @@ func TestCheckCall(t *testing.T) {
 		switch {
 		case tc.status == 0 && rf != nil:
 			t.Errorf("%s %s refused: %s", tc.method, tc.target, rf.msg)
-		case tc.status == 0 && c.upstreamQuery() != "key=app%2F12345678":
+		case tc.status == 0 && !strings.HasPrefix(c.upstreamQuery(), "key=app%2F12345678"):
 			t.Errorf("key_prefix not applied: %s", c.upstreamQuery())
 		case tc.status != 0 && (rf == nil || rf.status != tc.status || !strings.Contains(rf.msg, tc.msg)):
 			t.Errorf("%s %s: refusal %+v; want %d %q", tc.method, tc.target, rf, tc.status, tc.msg)

@@ -136,62 +136,66 @@ func FuzzParseToken(f *testing.F) {
 	})
 }
 
-// FuzzKeyPrefix: the prefix lands in front of the key, byte for byte, for
-// key and key_base64; a user id can never forge the template's separator;
-// an empty user is refused.
+// FuzzKeyPrefix: for every template that loads, two different users never
+// reach the same item, whatever keys they choose; the prefix lands in front
+// of the key byte for byte (key and key_base64 alike); an empty user is
+// refused.
 func FuzzKeyPrefix(f *testing.F) {
-	f.Add("{http.auth.user.id}:", "alice", "cart", false)
-	f.Add("{http.auth.user.id}:", "alice:x", "..%2F", true)
-	f.Add("app/{http.auth.user.id}/", "", "k", false)
-	f.Add("static-", "bob", "\x00\xff", true)
-	f.Fuzz(func(t *testing.T, template, user, key string, b64 bool) {
-		if key == "" || template == "" || strings.Count(template, "{") > 4 {
-			return // no key_prefix configured: nothing to apply
+	f.Add("{http.auth.user.id}:", "alice", "alice:x", "cart", "x:cart", false)
+	f.Add("{http.auth.user.id}-", "a", "a-b", "b-x", "x", true)
+	f.Add("{http.auth.user.id}.", "a.b", "a", "c", "b.c", false)
+	f.Add("app/{http.auth.user.id}/", "", "bob", "k", "k", false)
+	f.Add("{http.auth.user.id}+", "a b", "a+b", "k", "k", false)
+	f.Add("static-", "bob", "eve", "\x00\xff", "k", true)
+	f.Fuzz(func(t *testing.T, template, user1, user2, key1, key2 string, b64 bool) {
+		if key1 == "" || key2 == "" || template == "" || strings.Count(template, "{") > 4 {
+			return // no key_prefix configured, or no key: nothing to apply
+		}
+		if validatePrefix("key_prefix", template) != nil {
+			return // refused at load
 		}
 		pt := compilePrefix("key_prefix", template)
-		repl := caddy.NewReplacer()
-		if user != "" {
-			repl.Set("http.auth.user.id", user)
-		}
-		r := httptest.NewRequest(http.MethodGet, "http://gateway/", nil)
-		r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
-
-		c := &call{op: opGet}
-		if b64 {
-			c.key, c.keyBase64 = base64.RawURLEncoding.EncodeToString([]byte(key)), true
-		} else {
-			c.key = url.QueryEscape(key)
-		}
-		prefix, expandRefusal := pt.expand(r)
-		rf := pt.applyKey(c, r)
-		if (rf == nil) != (expandRefusal == nil) {
-			t.Fatal("expand and applyKey disagree")
-		}
-		if rf != nil {
-			if rf.status != http.StatusForbidden {
-				t.Fatalf("refusal %d", rf.status)
+		upstreamKey := func(user, key string) (string, bool) {
+			repl := caddy.NewReplacer()
+			if user != "" {
+				repl.Set("http.auth.user.id", user)
 			}
-			return
-		}
-		if strings.Contains(template, "{http.auth.user.id}") && user != "" && strings.Contains(prefix, ":") && !strings.Contains(strings.ReplaceAll(template, "{http.auth.user.id}", ""), ":") {
-			t.Fatalf("user %q forged a ':' into prefix %q", user, prefix)
-		}
-		var got string
-		if b64 {
-			b, err := base64.RawURLEncoding.DecodeString(c.key)
+			r := httptest.NewRequest(http.MethodGet, "http://gateway/", nil)
+			r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
+			c := &call{api: apiCache, op: opGet, key: key, keyBase64: b64}
+			prefix, expandRefusal := pt.expand(r)
+			rf := pt.apply(c, r)
+			if (rf == nil) != (expandRefusal == nil) {
+				t.Fatal("expand and apply disagree")
+			}
+			if rf != nil {
+				if rf.status != http.StatusForbidden {
+					t.Fatalf("refusal %d", rf.status)
+				}
+				return "", false
+			}
+			// What the region receives decodes to prefix and key.
+			vals, err := url.ParseQuery(c.upstreamQuery())
 			if err != nil {
 				t.Fatal(err)
 			}
-			got = string(b)
-		} else {
-			k, err := url.QueryUnescape(c.key)
-			if err != nil {
-				t.Fatal(err)
+			got := vals.Get("key")
+			if b64 {
+				raw, err := base64.RawURLEncoding.DecodeString(vals.Get("key_base64"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = string(raw)
 			}
-			got = k
+			if got != prefix+key {
+				t.Fatalf("key %q with prefix %q reached the region as %q", key, prefix, got)
+			}
+			return got, true
 		}
-		if got != prefix+key {
-			t.Fatalf("key %q with prefix %q became %q", key, prefix, got)
+		k1, ok1 := upstreamKey(user1, key1)
+		k2, ok2 := upstreamKey(user2, key2)
+		if ok1 && ok2 && user1 != user2 && strings.Contains(template, "{http.auth.user.id}") && k1 == k2 {
+			t.Fatalf("users %q and %q reach the same item %q (template %q)", user1, user2, k1, template)
 		}
 	})
 }

@@ -120,7 +120,7 @@ func TestValidationAtTheEdge(t *testing.T) {
 	if r.header.Get("Allow") != "GET, PUT, DELETE" {
 		t.Errorf("Allow %q", r.header.Get("Allow"))
 	}
-	expect(t, g.put("/cache/c?key=a&ttl_seconds=5", strings.Repeat("x", 1025)), 413, "exceeds max_item_size (1024 bytes)")
+	expect(t, g.put("/cache/c?key=a&ttl_seconds=5", strings.Repeat("x", 1024)), 413, "item of 1025 bytes (key 1 + value 1024) exceeds max_item_size (1024 bytes")
 	if n := up.hits.Load(); n != 0 {
 		t.Fatalf("invalid requests reached the region %d times", n)
 	}
@@ -206,7 +206,7 @@ func TestChunkedUploadOverLimitIsAbortedAndNotCounted(t *testing.T) {
 	}()
 	r := g.do(http.MethodPut, "/cache/c?key=big&ttl_seconds=60", pr)
 	pr.Close()
-	expect(t, r, http.StatusRequestEntityTooLarge, "exceeds max_item_size (65536 bytes); nothing was stored")
+	expect(t, r, http.StatusRequestEntityTooLarge, "item exceeds max_item_size (65536 bytes, key plus value); nothing was stored")
 	if lh.Len() != 0 {
 		t.Fatalf("the backend stored %d items from an aborted upload", lh.Len())
 	}

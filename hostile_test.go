@@ -34,7 +34,7 @@ func rawRequest(t *testing.T, g *gateway, raw string) (status int, body string) 
 
 func TestHostileClients(t *testing.T) {
 	up, lh := localUpstream(t, "t")
-	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\ttimeout 300ms\n\t\tbreaker {\n\t\t\tfailures 1\n\t\t}\n\t}")
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\ttimeout 300ms\n\t\tmax_key_size 4KiB\n\t\tbreaker {\n\t\t\tfailures 1\n\t\t}\n\t}")
 
 	cases := []struct {
 		name, raw string

@@ -64,14 +64,18 @@ type Handler struct {
 	// time yields 504 and counts as a breaker failure.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
-	// Largest value accepted by a set, in bytes. Default: 5 MiB (Momento's
-	// item limit). A larger declared Content-Length is answered 413 without
-	// contacting the region; a chunked body is cut off and the upstream call
-	// aborted the moment it passes the limit, so nothing is stored.
+	// Largest item a set may store, in bytes of key plus value, as Momento
+	// counts (the key as stored, key_prefix included). Default: 5 MiB
+	// (Momento's item limit). A larger declared Content-Length is answered
+	// 413 without contacting the region; a chunked body is cut off and the
+	// upstream call aborted the moment it passes the limit, so nothing is
+	// stored.
 	MaxItemSize int64 `json:"max_item_size,omitempty"`
 
 	// Longest key accepted, in bytes (decoded, before key_prefix). Default:
-	// 4 KiB. Longer keys are answered 400 without contacting the region.
+	// no limit beyond max_item_size, as at Momento (keys travel in the URL,
+	// which Caddy limits with its max_header_size, 16 KiB by default).
+	// Longer keys are answered 400 without contacting the region.
 	MaxKeySize int64 `json:"max_key_size,omitempty"`
 
 	// When the breakers of the regions this handler defines open and how
@@ -143,7 +147,6 @@ type Handler struct {
 const (
 	defaultTimeout          = 10 * time.Second
 	defaultMaxItemSize      = 5 << 20
-	defaultMaxKeySize       = 4 << 10
 	defaultMaxMessageSize   = 4 << 10
 	defaultSubscribeTimeout = 5 * time.Minute
 )
@@ -183,7 +186,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.timeout = cmp.Or(time.Duration(h.Timeout), defaultTimeout)
 	h.subscribeTimeout = cmp.Or(time.Duration(h.SubscribeTimeout), defaultSubscribeTimeout)
 	h.maxItemSize = cmp.Or(h.MaxItemSize, defaultMaxItemSize)
-	h.maxKeySize = cmp.Or(h.MaxKeySize, defaultMaxKeySize)
+	h.maxKeySize = h.MaxKeySize // 0: no limit but max_item_size's
 	h.maxMessageSize = cmp.Or(h.MaxMessageSize, defaultMaxMessageSize)
 	h.rejectClient = h.ClientToken == clientTokenReject
 	h.policy = h.Allow.compile()
@@ -279,14 +282,24 @@ func (h *Handler) checkCall(c *call, r *http.Request) *refusal {
 	if rf := h.policy.check(c); rf != nil {
 		return rf
 	}
-	if int64(c.keySize) > h.maxKeySize {
+	if h.maxKeySize > 0 && int64(c.keySize) > h.maxKeySize {
 		return refuse(http.StatusBadRequest, fmt.Sprintf("key of %d bytes exceeds max_key_size (%d bytes)", c.keySize, h.maxKeySize))
+	}
+	prefix := h.keyPrefix
+	if c.api == apiTopics {
+		prefix = h.topicPrefix
+	}
+	if rf := prefix.apply(c, r); rf != nil {
+		return rf
 	}
 	switch c.op {
 	case opSet:
-		if c.bodySize > h.maxItemSize {
-			return refuse(http.StatusRequestEntityTooLarge,
-				fmt.Sprintf("value of %d bytes exceeds max_item_size (%d bytes)", c.bodySize, h.maxItemSize))
+		// Momento's item limit is on key plus value, the key as stored
+		// (key_prefix included).
+		if item := int64(len(c.key)) + max(c.bodySize, 0); item > h.maxItemSize {
+			return refuse(http.StatusRequestEntityTooLarge, fmt.Sprintf(
+				"item of %d bytes (key %d + value %d) exceeds max_item_size (%d bytes, key plus value, as Momento counts)",
+				item, len(c.key), max(c.bodySize, 0), h.maxItemSize))
 		}
 	case opPublish:
 		if c.bodySize > h.maxMessageSize {
@@ -294,10 +307,7 @@ func (h *Handler) checkCall(c *call, r *http.Request) *refusal {
 				fmt.Sprintf("message of %d bytes exceeds max_message_size (%d bytes)", c.bodySize, h.maxMessageSize))
 		}
 	}
-	if c.api == apiTopics {
-		return h.topicPrefix.applyTopic(c, r)
-	}
-	return h.keyPrefix.applyKey(c, r)
+	return nil
 }
 
 // authenticated reports whether an auth handler in front (basic_auth or a

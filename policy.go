@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"path"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -103,9 +102,8 @@ func (p *compiledPolicy) check(c *call) *refusal {
 		return refuse(http.StatusForbidden, fmt.Sprintf("cache %q is not allowed here (allow caches: %s)", c.cache, p.cachesMsg))
 	}
 	if p.maxTTL > 0 && c.op == opSet {
-		// c.ttl was validated as a positive integer when parsed.
-		if ttl, _ := strconv.ParseUint(c.ttl, 10, 64); ttl > p.maxTTL {
-			return refuse(http.StatusBadRequest, fmt.Sprintf("ttl_seconds %d exceeds max_ttl (%d seconds)", ttl, p.maxTTL))
+		if c.ttl > p.maxTTL {
+			return refuse(http.StatusBadRequest, fmt.Sprintf("ttl_seconds %d exceeds max_ttl (%d seconds)", c.ttl, p.maxTTL))
 		}
 	}
 	return nil

@@ -7,9 +7,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
+	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -48,6 +52,14 @@ func newTransport() *http.Transport {
 // proxy sends the call to its region through the region's breaker and
 // streams the answer back. It returns the status the client got, and
 // whether the answer was cut off after its status was sent.
+//
+// Only the region's own behaviour counts against it: a transport error once
+// the request reached the network, a 5xx, no answer headers within timeout
+// (after the last byte of an upload), or a pause of more than timeout in
+// the middle of its answer. How fast the client sends or reads is the
+// client's business: it never makes the exchange fail, and when it does
+// fail because of the client (a stalled upload, a client gone), nothing is
+// counted.
 func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status int, cutOff bool) {
 	rg := c.region
 	var done func(error)
@@ -79,26 +91,32 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status
 		}
 	}()
 
-	timeout, transport := h.timeout, rg.state.transport
+	answerTimeout, transport := h.timeout, rg.state.transport
 	if c.op == opSubscribe {
 		// Long polls have their own pool: they hold connections for
 		// minutes and must not crowd out the short requests.
-		timeout, transport = h.subscribeTimeout, rg.state.longPoll
+		answerTimeout, transport = h.subscribeTimeout, rg.state.longPoll
 	}
-	ctx, cancel := context.WithTimeoutCause(r.Context(), timeout, errUpstreamTimeout)
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	ex := &exchange{}
+	var body *limitedBody
+	ex.timer = time.AfterFunc(answerTimeout, func() {
+		ex.clientStalled.Store(body != nil && body.reading.Load())
+		cancel(errUpstreamTimeout)
+	})
+	defer ex.timer.Stop()
 
 	// WithContext on an empty request: the one copy it makes is the
 	// request we send (filling a request first would copy it again).
-	out := (&http.Request{}).WithContext(ctx)
+	out := (&http.Request{}).WithContext(httptrace.WithClientTrace(ctx, ex.trace()))
 	out.Method = c.op.method()
 	out.URL = &url.URL{Scheme: rg.scheme, Host: rg.host, Path: c.upstreamPath(rg.basePath), RawQuery: c.upstreamQuery()}
 	out.Proto, out.ProtoMajor, out.ProtoMinor = "HTTP/1.1", 1, 1
-	out.Header = http.Header{"Authorization": rg.token.authHeader()}
+	out.Header = http.Header{"Authorization": rg.token.authHeader(), "User-Agent": userAgent}
 	out.Host = rg.host
-	var body *limitedBody
 	if c.op == opSet || c.op == opPublish {
-		limit := h.maxItemSize
+		limit := h.maxItemSize - int64(len(c.key))
 		if c.op == opPublish {
 			limit = h.maxMessageSize
 			out.Header["Content-Type"] = []string{c.contentType}
@@ -107,6 +125,9 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status
 			out.Body = http.NoBody
 		} else {
 			body = newLimitedBody(w, r, limit)
+			// Each part of the upload that arrives gives the region the
+			// full timeout again: a slow client is not the region's fault.
+			body.progress = func() { ex.timer.Reset(answerTimeout) }
 			out.Body = body
 			out.ContentLength = c.bodySize // -1 streams chunked
 			// On failure RoundTrip waits for the transport to stop reading
@@ -124,17 +145,13 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status
 		endUpload(w, r, body)
 	}
 	if err != nil {
-		status, outcome = h.roundTripFailed(ctx, w, r, c, body, err)
+		status, outcome = h.roundTripFailed(ctx, w, r, c, body, ex, err)
 		return status, false
 	}
+	ex.timer.Stop()
 	defer resp.Body.Close()
 
-	hdr := w.Header()
-	for k, v := range resp.Header {
-		if !hopByHop(k) {
-			hdr[k] = v
-		}
-	}
+	copyAnswerHeaders(w.Header(), resp.Header, c, resp.StatusCode)
 	w.WriteHeader(resp.StatusCode)
 	status = resp.StatusCode
 	if resp.StatusCode >= 500 {
@@ -143,13 +160,15 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status
 		outcome = nil
 	}
 
-	readErr, writeErr := copyBody(w, resp.Body, resp.ContentLength)
+	readErr, writeErr, slowClient := ex.copyAnswer(w, resp.Body, resp.ContentLength, h.timeout)
 	switch {
-	case readErr != nil && r.Context().Err() != nil:
-		// The client left mid-answer, which cancelled the upstream read.
+	case readErr != nil && (r.Context().Err() != nil || slowClient):
+		// The client left mid-answer, which cancelled the upstream read, or
+		// read so slowly that the region's side of the exchange went idle.
 		outcome = errExcluded
+		return status, readErr != nil && r.Context().Err() == nil
 	case readErr != nil:
-		// The region broke off mid-answer (or the timeout hit).
+		// The region broke off or paused past the timeout mid-answer.
 		outcome = errUpstreamFailure
 		h.logger.Warn("upstream answer cut off", zap.String("region", rg.name), zap.String("op", c.op.String()), zap.Error(unwrapURLError(readErr)))
 		return status, true
@@ -159,12 +178,134 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status
 	return status, false
 }
 
+// exchange is one upstream call's timing and trace: the timer that ends it
+// when the region is too slow, and whether the request reached the network.
+type exchange struct {
+	timer *time.Timer
+	// clientStalled records that the timer fired while the client's upload
+	// was the one being waited for.
+	clientStalled atomic.Bool
+	// dialed and wrote record that the request reached the network (a
+	// lookup or dial began, or headers were written). A failure before
+	// either is the gateway's own, never the region's.
+	dialed, wrote atomic.Bool
+}
+
+func (ex *exchange) trace() *httptrace.ClientTrace {
+	reached := func() { ex.dialed.Store(true) }
+	return &httptrace.ClientTrace{
+		DNSStart:     func(httptrace.DNSStartInfo) { reached() },
+		ConnectStart: func(string, string) { reached() },
+		WroteHeaders: func() { ex.wrote.Store(true) },
+	}
+}
+
+// copyAnswer streams the region's answer to the client and tells a failing
+// region (readErr) from a departed client (writeErr). Each read from the
+// region must return within timeout; writes to the client are not timed
+// here (Caddy's own write timeouts bound a stalled client), and slowClient
+// reports a write that took longer than timeout.
+func (ex *exchange) copyAnswer(w io.Writer, r io.Reader, size int64, timeout time.Duration) (readErr, writeErr error, slowClient bool) {
+	pool := &bufPool
+	if size >= largeBody {
+		pool = &largeBufPool
+	}
+	bp := pool.Get().(*[]byte)
+	defer pool.Put(bp)
+	buf := *bp
+	for {
+		ex.timer.Reset(timeout)
+		n, err := r.Read(buf)
+		ex.timer.Stop()
+		if n > 0 {
+			start := time.Now()
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return nil, werr, slowClient
+			}
+			slowClient = slowClient || time.Since(start) > timeout
+		}
+		if err == io.EOF {
+			return nil, nil, slowClient
+		}
+		if err != nil {
+			return err, nil, slowClient
+		}
+	}
+}
+
+// passedHeaders are the region's answer headers a client may see. The
+// list is closed, so that nothing the region (or anything between) sends
+// can set cookies, CORS or authentication challenges on the gateway's
+// origin, or describe a connection that is not the client's.
+var passedHeaders = []string{"Content-Length", "Cache-Control", "Etag", "Last-Modified", "Expires"}
+
+// copyAnswerHeaders sets the headers of a proxied answer: the passed ones,
+// Retry-After on 429 and 503, and always a Content-Type the gateway chose
+// with nosniff, so no answer is ever taken for a page.
+func copyAnswerHeaders(dst, src http.Header, c *call, status int) {
+	for _, k := range passedHeaders {
+		if v := src[k]; len(v) > 0 {
+			dst[k] = v
+		}
+	}
+	if v := src["Retry-After"]; len(v) > 0 && (status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable) {
+		dst["Retry-After"] = v
+	}
+	dst["Content-Type"] = answerType(c, src.Get("Content-Type"), status)
+	dst["X-Content-Type-Options"] = noSniff
+}
+
+var (
+	octetStream = []string{"application/octet-stream"}
+	jsonType    = []string{"application/json"}
+)
+
+// answerType is the Content-Type of a proxied answer: a cache value is
+// bytes and a subscribe page JSON, whatever the region says; other answers
+// keep a plain-text or JSON type, and are plain text otherwise.
+func answerType(c *call, upstream string, status int) []string {
+	if status >= 200 && status < 300 {
+		switch c.op {
+		case opGet:
+			return octetStream
+		case opSubscribe:
+			return jsonType
+		}
+	}
+	mt, _, _ := strings.Cut(upstream, ";")
+	switch strings.ToLower(strings.TrimSpace(mt)) {
+	case "text/plain", "application/json":
+		return []string{upstream}
+	}
+	return plainText
+}
+
+// userAgent names the gateway to the region.
+var userAgent = []string{"caddy-momento/" + moduleVersion()}
+
+// moduleVersion is this module's version in the binary ("devel" in a
+// build from a checkout).
+func moduleVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, m := range append([]*debug.Module{&bi.Main}, bi.Deps...) {
+			if m.Path == "github.com/momento-gateway/caddy-momento" {
+				if m.Replace != nil || m.Version == "" || m.Version == "(devel)" || m.Version == "v0.0.0" {
+					return "devel"
+				}
+				return m.Version
+			}
+		}
+	}
+	return "devel"
+}
+
 // roundTripFailed answers a request whose upstream exchange failed before
 // a response arrived. It returns the status sent and whether the region is
 // to blame. The order matters: our timeout is checked before a departed
 // client, because ending a stalled upload also ends the client's context.
-func (h *Handler) roundTripFailed(ctx context.Context, w http.ResponseWriter, r *http.Request, c *call, body *limitedBody, err error) (int, error) {
+func (h *Handler) roundTripFailed(ctx context.Context, w http.ResponseWriter, r *http.Request, c *call, body *limitedBody, ex *exchange, err error) (int, error) {
 	rg := c.region
+	timedOut := errors.Is(context.Cause(ctx), errUpstreamTimeout)
 	switch {
 	case body != nil && body.state.Load() == bodyTooLarge:
 		if c.op == opPublish {
@@ -172,20 +313,23 @@ func (h *Handler) roundTripFailed(ctx context.Context, w http.ResponseWriter, r 
 				"message exceeds max_message_size (%d bytes); nothing was published", h.maxMessageSize)).write(w), errExcluded
 		}
 		return refuse(http.StatusRequestEntityTooLarge, fmt.Sprintf(
-			"value exceeds max_item_size (%d bytes); nothing was stored", h.maxItemSize)).write(w), errExcluded
-	case errors.Is(context.Cause(ctx), errUpstreamTimeout) && c.op == opSubscribe:
+			"item exceeds max_item_size (%d bytes, key plus value); nothing was stored", h.maxItemSize)).write(w), errExcluded
+	case timedOut && c.op == opSubscribe:
 		// A long poll that saw no message within subscribe_timeout: an empty
 		// page, and the client polls again with the same cursor.
-		w.Header().Set("Content-Type", "application/json")
+		w.Header()["Content-Type"] = jsonType
 		w.WriteHeader(http.StatusOK)
 		_, _ = io.WriteString(w, `{"items":[]}`)
 		return http.StatusOK, errExcluded
-	case errors.Is(context.Cause(ctx), errUpstreamTimeout):
-		if body != nil && body.state.Load() != bodyComplete {
-			// The client stalled mid-upload.
+	case timedOut && ex.clientStalled.Load():
+		// The client stopped sending its upload: its own problem.
+		if c.op == opPublish {
 			return refuse(http.StatusRequestTimeout, fmt.Sprintf(
-				"the value did not arrive within %s; nothing was stored", h.timeout)).write(w), errExcluded
+				"the message stopped arriving for %s; nothing was published", h.timeout)).write(w), errExcluded
 		}
+		return refuse(http.StatusRequestTimeout, fmt.Sprintf(
+			"the value stopped arriving for %s; nothing was stored", h.timeout)).write(w), errExcluded
+	case timedOut:
 		return refuse(http.StatusGatewayTimeout, fmt.Sprintf(
 			"region %s did not answer within %s", rg.name, h.timeout)).write(w), errUpstreamFailure
 	case r.Context().Err() != nil:
@@ -194,6 +338,12 @@ func (h *Handler) roundTripFailed(ctx context.Context, w http.ResponseWriter, r 
 		return 499, errExcluded
 	case body != nil && body.state.Load() == bodyFailed:
 		return refuse(http.StatusBadRequest, "reading the request body failed; nothing was stored").write(w), errExcluded
+	case !ex.dialed.Load() && !ex.wrote.Load():
+		// Nothing reached the network: the request could not be built. A
+		// bug of the gateway's, or a request it should have refused, and
+		// either way not the region's doing.
+		h.logger.Error("upstream request not sent", zap.String("region", rg.name), zap.String("op", c.op.String()), zap.Error(unwrapURLError(err)))
+		return refuse(http.StatusInternalServerError, "the gateway could not send this request to the region").write(w), errExcluded
 	}
 	err = unwrapURLError(err)
 	h.logger.Warn("region unreachable", zap.String("region", rg.name), zap.String("endpoint", rg.endpoint), zap.Error(err))
@@ -231,17 +381,6 @@ func describeNetError(err error) string {
 	return "transport error"
 }
 
-// hopByHop reports headers that describe one connection and must not be
-// copied to another (RFC 9110, section 7.6.1).
-func hopByHop(name string) bool {
-	switch name {
-	case "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
-		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
-		return true
-	}
-	return false
-}
-
 // Copy buffers: small answers need little, and large values stream with
 // fewer, larger reads and writes (a 1 MiB value is 8 round trips through
 // the kernel instead of 32).
@@ -252,29 +391,3 @@ var (
 
 // largeBody is the size from which an answer gets a large buffer.
 const largeBody = 256 << 10
-
-// copyBody streams the answer to the client and tells a failing region
-// (readErr) from a departed client (writeErr).
-func copyBody(w io.Writer, r io.Reader, size int64) (readErr, writeErr error) {
-	pool := &bufPool
-	if size >= largeBody {
-		pool = &largeBufPool
-	}
-	bp := pool.Get().(*[]byte)
-	defer pool.Put(bp)
-	buf := *bp
-	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				return nil, werr
-			}
-		}
-		if err == io.EOF {
-			return nil, nil
-		}
-		if err != nil {
-			return err, nil
-		}
-	}
-}

@@ -70,7 +70,7 @@ func TestProxyClassifiesOutcomes(t *testing.T) {
 		{"no answer in time", hang, "GET", nil, false, 504, "region r did not answer within 200ms", false, failure},
 		{"cut off mid-answer", cutOff, "GET", nil, false, 200, "partial", true, failure},
 		{"client leaves", hang, "GET", nil, true, 499, "", false, neither},
-		{"upload stalls", readAll, "PUT", stalledUpload(t), false, 408, "the value did not arrive within 200ms; nothing was stored", false, neither},
+		{"upload stalls", readAll, "PUT", stalledUpload(t), false, 408, "the value stopped arriving for 200ms; nothing was stored", false, neither},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -193,7 +193,7 @@ func TestTopicValidationAtTheEdge(t *testing.T) {
 	g, up, _ := topicsGateway(t, "\t\tmax_message_size 16\n")
 	// The refusals themselves are in call_test.go; here, two through a real
 	// Caddy, and none reaches the region.
-	expect(t, g.publish("/topics/c/t", "", "hi"), 400, "publish needs a Content-Type")
+	expect(t, g.publish("/topics/c/", "text/plain", "hi"), 400, "topic name is missing")
 	expect(t, g.publish("/topics/c/t", "text/plain", strings.Repeat("x", 17)), 413, "message of 17 bytes exceeds max_message_size (16 bytes)")
 	// A chunked publish that passes the limit is cut off: nothing published.
 	pr, pw := io.Pipe()

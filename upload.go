@@ -41,6 +41,10 @@ type limitedBody struct {
 	limit int64
 	// abort ends a read of the client's body that is waiting for bytes.
 	abort func()
+	// progress, when set, is called each time bytes of the body arrive.
+	progress func()
+	// reading is true while a read waits for the client's bytes.
+	reading atomic.Bool
 	n     int64
 	state atomic.Int32
 	// cutOff is set when end had to abort a pending read of the client's
@@ -62,7 +66,12 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 		}
 		return 0, errUploadEnded
 	}
+	b.reading.Store(true)
 	n, err := b.rc.Read(p)
+	b.reading.Store(false)
+	if n > 0 && b.progress != nil {
+		b.progress()
+	}
 	b.n += int64(n)
 	if b.n > b.limit {
 		b.state.Store(bodyTooLarge)

@@ -75,6 +75,12 @@ func (h *Handler) Validate() error {
 			return fieldErrorf(s.field, "%s %d must be positive", s.field, s.v)
 		}
 	}
+	if err := validatePrefix("key_prefix", h.KeyPrefix); err != nil {
+		return err
+	}
+	if err := validatePrefix("topic_prefix", h.TopicPrefix); err != nil {
+		return err
+	}
 	if strings.Contains(h.TopicPrefix, "/") {
 		return fieldErrorf("topic_prefix", "topic_prefix %q must not contain '/': topic names cannot", h.TopicPrefix)
 	}
