@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -31,9 +32,29 @@ type App struct {
 	// them all when it defines none itself, or names the ones it uses.
 	Regions []RegionConfig `json:"regions,omitempty"`
 
+	// How many clients may wait on topics (long polls) at once in this
+	// gateway, across regions and handlers; past it a new one is answered
+	// 429 with Retry-After. Default: 10000.
+	MaxWaiting int `json:"max_waiting,omitempty"`
+
+	// How many of those may come from one client address (Caddy's
+	// client_ip, which honours trusted_proxies). Default: no limit, as many
+	// browsers may share one address behind a NAT.
+	MaxWaitingPerClient int `json:"max_waiting_per_client,omitempty"`
+
 	logger *zap.Logger
 	// defined holds the regions defined so far in this config.
 	defined *definedRegions
+}
+
+// waitLimits are an app's limits on waiting clients, with defaults.
+type waitLimits struct{ maxWaiting, maxPerClient int }
+
+func (a *App) limits() waitLimits {
+	if a == nil {
+		return waitLimits{maxWaiting: defaultMaxWaiting}
+	}
+	return waitLimits{maxWaiting: cmp.Or(a.MaxWaiting, defaultMaxWaiting), maxPerClient: a.MaxWaitingPerClient}
 }
 
 // definedRegions are a config's regions by name, each with the definition
@@ -76,6 +97,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 
 // Validate checks what can be checked without resolving placeholders.
 func (a *App) Validate() error {
+	if a.MaxWaiting < 0 {
+		return fieldErrorf("max_waiting", "max_waiting %d must be positive", a.MaxWaiting)
+	}
+	if a.MaxWaitingPerClient < 0 {
+		return fieldErrorf("max_waiting_per_client", "max_waiting_per_client %d must be positive", a.MaxWaitingPerClient)
+	}
 	return validateRegions(a.Regions, "regions", nil, true)
 }
 
@@ -187,7 +214,9 @@ var regionStates = caddy.NewUsagePool()
 
 // regionState is the part of a region that outlives one config.
 type regionState struct {
-	breaker   *breaker
+	// subscriptions counts the upstream long polls open at once.
+	subscriptions atomic.Int64
+	breaker       *breaker
 	transport *http.Transport
 	longPoll  *http.Transport // subscribes
 }

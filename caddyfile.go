@@ -49,7 +49,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //				endpoint <url>
 //				token    <token>
 //				breaker { … }
+//				max_subscriptions <n>
 //			}
+//			max_waiting <n>
+//			max_waiting_per_client <n>
 //		}
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
@@ -67,8 +70,16 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 				return nil, err
 			}
 			app.Regions = append(app.Regions, rc)
+		case "max_waiting":
+			if err := b.countArg("max_waiting", &app.MaxWaiting); err != nil {
+				return nil, err
+			}
+		case "max_waiting_per_client":
+			if err := b.countArg("max_waiting_per_client", &app.MaxWaitingPerClient); err != nil {
+				return nil, err
+			}
 		default:
-			return nil, d.Errf("unknown subdirective %q in the global momento options (expected region)", d.Val())
+			return nil, d.Errf("unknown subdirective %q in the global momento options (expected region, max_waiting or max_waiting_per_client)", d.Val())
 		}
 	}
 	if err := b.explain(app.Validate()); err != nil {
@@ -84,6 +95,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 //			endpoint <url>
 //			token    <token>
 //			breaker { … }
+//			max_subscriptions <n>
 //		}
 //		region <name>            # a region of the global momento options
 //		default_region <name>
@@ -292,6 +304,20 @@ func (b *block) sizeArg(field string, dst *int64, max uint64, example string) er
 	return nil
 }
 
+// countArg reads one positive whole number.
+func (b *block) countArg(field string, dst *int) error {
+	name, v, err := b.value(field)
+	if err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		return b.d.Errf("%s %q: give a positive whole number", name, v)
+	}
+	*dst = n
+	return nil
+}
+
 // listArg reads the values of a list setting, which may be repeated.
 func (b *block) listArg(field, need string, dst *[]string) error {
 	b.at(field)
@@ -326,8 +352,10 @@ func (b *block) region(field string) (RegionConfig, error) {
 				rc.Breaker = new(BreakerConfig)
 				err = b.breaker(field+".breaker", rc.Breaker)
 			}
+		case "max_subscriptions":
+			err = b.countArg(field+".max_subscriptions", &rc.MaxSubscriptions)
 		default:
-			return rc, d.Errf("unknown subdirective %q in region %q (expected endpoint, token or breaker)", name, rc.Name)
+			return rc, d.Errf("unknown subdirective %q in region %q (expected endpoint, token, breaker or max_subscriptions)", name, rc.Name)
 		}
 		if err != nil {
 			return rc, err

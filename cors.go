@@ -1,6 +1,7 @@
 package momento
 
 import (
+	"cmp"
 	"fmt"
 	"net/http"
 	"slices"
@@ -12,13 +13,16 @@ import (
 )
 
 // CORSConfig lets browser pages on other origins call the gateway with
-// fetch. Without it the gateway adds no CORS headers, and browsers allow
-// only same-origin pages.
+// fetch. Without it the gateway adds no CORS headers, browsers let only
+// same-origin pages read answers, and the gateway refuses writes (set,
+// delete, publish) that pages of other sites send.
 type CORSConfig struct {
 	// Origins allowed to call, exactly as browsers send them in the Origin
 	// header, e.g. "https://app.example.com" or "http://localhost:3000".
-	// "*" allows any origin (the matched origin is still echoed, never "*").
-	// A request from any other origin is refused with 403, preflight or not.
+	// "*" allows any origin (the matched origin is still echoed, never "*"),
+	// but never "null" (sandboxed frames, data: and file: pages), and
+	// cannot go with allow_credentials. A request from any other origin is
+	// refused with 403, preflight or not.
 	Origins []string `json:"origins,omitempty"`
 
 	// How long browsers may cache a preflight answer. Default: not sent
@@ -62,6 +66,9 @@ func (c *CORSConfig) validate() error {
 	}
 	if c.MaxAge < 0 {
 		return fieldErrorf("cors.max_age", "cors: max_age %s must be positive", time.Duration(c.MaxAge))
+	}
+	if c.AllowCredentials && slices.Contains(c.Origins, "*") {
+		return fieldErrorf("cors.allow_credentials", "cors: allow_credentials with origins * would let every website read what signed-in users can: list the origins that may send credentials")
 	}
 	return nil
 }
@@ -115,8 +122,19 @@ func originProblem(o string) string {
 // let an allowed page read the answer (refusals included, so a page can
 // show why), answers preflights itself, and refuses other origins. It
 // returns the status it answered with, or 0 when the request goes on.
+//
+// Without a cors block no page of another site may write: a request that
+// changes something (set, delete, publish) from another site is refused,
+// since browsers send a simple cross-site POST (a form, say) without asking
+// first, with the victim's credentials.
 func (cc *compiledCORS) apply(w http.ResponseWriter, r *http.Request, c *call) int {
 	if cc == nil {
+		if c.op == opSet || c.op == opDelete || c.op == opPublish {
+			if origin := r.Header.Get("Origin"); origin != "" && !sameHost(origin, r) || r.Header.Get("Sec-Fetch-Site") == "cross-site" {
+				return refuse(http.StatusForbidden, fmt.Sprintf("a page of another site (origin %s) may not %s here: to let it, add a cors block with its origin to the momento handler",
+					cmp.Or(origin, "unknown"), c.op)).write(w)
+			}
+		}
 		return 0
 	}
 	hdr := w.Header()
@@ -125,7 +143,9 @@ func (cc *compiledCORS) apply(w http.ResponseWriter, r *http.Request, c *call) i
 	if origin == "" || isSameOrigin(origin, r) {
 		return 0
 	}
-	if !cc.any && !cc.origins[origin] {
+	// "null" is the origin of sandboxed frames, data: and file: pages:
+	// anyone can produce it, so it is never allowed, even by *.
+	if origin == "null" || !cc.any && !cc.origins[origin] {
 		return refuse(http.StatusForbidden, fmt.Sprintf("origin %s is not allowed (cors origins: %s)", origin, cc.list)).write(w)
 	}
 	hdr.Set("Access-Control-Allow-Origin", origin)
@@ -157,6 +177,13 @@ func writePreflight(w http.ResponseWriter, c *call) int {
 	w.Header().Set("Allow", allow)
 	w.WriteHeader(http.StatusNoContent)
 	return http.StatusNoContent
+}
+
+// sameHost reports whether the Origin names the host the request was sent
+// to, whatever the scheme (TLS may end in front of Caddy).
+func sameHost(origin string, r *http.Request) bool {
+	_, host, ok := strings.Cut(origin, "://")
+	return ok && host == r.Host
 }
 
 // isSameOrigin reports whether the Origin is the gateway's own: browsers

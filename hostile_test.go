@@ -2,12 +2,19 @@ package momento
 
 import (
 	"bufio"
+	"bytes"
+	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/sony/gobreaker/v2"
 )
 
 // rawRequest writes bytes to the gateway on a fresh connection and returns
@@ -83,4 +90,268 @@ func TestHostileClients(t *testing.T) {
 		t.Fatal("a stalled upload was stored")
 	}
 	expect(t, g.get("/cache/c?key=slow"), 404, "Key Not Found")
+}
+
+// Nothing a client sends changes a region's breaker: malformed keys are
+// refused at the edge and never reach the region, even through an
+// anonymous read-only handler. (A CR or LF in key_base64 used to pass
+// validation, fail in net/http, and count as region failures: five such
+// GETs opened the breaker for everyone.)
+func TestHostileInputCannotOpenTheBreaker(t *testing.T) {
+	up, _ := localUpstream(t, "t")
+	g := startGateway(t, "\thandle_path /public/* {\n\t\tmomento {\n"+regionBlock("r", up.URL, "t")+
+		"\t\t\tallow {\n\t\t\t\tops get\n\t\t\t}\n\t\t\tbreaker {\n\t\t\t\tfailures 1\n\t\t\t}\n\t\t}\n\t}\n"+
+		"\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\tbreaker {\n\t\t\tfailures 1\n\t\t}\n\t}")
+	for _, key := range []string{"Y%0AQ", "Y%0DQ", "Y%0D%0AQ", "%0AYQ", "YQ%0A", "YQ%0D%0A", "Y%00Q", "Y%20Q", "YQ==%0A"} {
+		for _, req := range []struct{ method, target string }{
+			{"GET", "/public/cache/c?key_base64=" + key},
+			{"GET", "/cache/c?key_base64=" + key},
+			{"PUT", "/cache/c?ttl_seconds=60&key_base64=" + key},
+			{"DELETE", "/cache/c?key_base64=" + key},
+		} {
+			expect(t, g.do(req.method, req.target, strings.NewReader("v")), 400, "key_base64 is not URL-safe base64")
+		}
+	}
+	if n := up.hits.Load(); n != 0 {
+		t.Fatalf("hostile keys reached the region %d times", n)
+	}
+	b := pooledBreaker(t, "r", up.URL)
+	if c := b.counts(); b.state() != gobreaker.StateClosed || c.Requests != 0 {
+		t.Fatalf("breaker %v with counts %+v after hostile input", b.state(), c)
+	}
+	expect(t, g.get("/public/cache/c?key_base64=YQ"), 404, "Key Not Found")
+}
+
+// A client that reads its answer slowly is its own problem: the region
+// answered at full speed, so its breaker stays closed. (One deadline used
+// to cover the whole exchange, streaming to the client included: six slow
+// readers opened the breaker.)
+func TestSlowReaderCannotOpenTheBreaker(t *testing.T) {
+	// A region that answers a 16 MiB value at once: more than the kernel
+	// buffers between the gateway and a client that does not read.
+	value := bytes.Repeat([]byte("v"), 16<<20)
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		_, _ = w.Write(value)
+	}))
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\ttimeout 100ms\n\t\tbreaker {\n\t\t\tfailures 1\n\t\t}\n\t}")
+
+	for range 2 {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(g.base, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.(*net.TCPConn).SetReadBuffer(64 << 10)
+		if _, err := io.WriteString(conn, "GET /cache/c?key=big HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The client stops reading for three times the timeout: the
+		// gateway's writes to it block meanwhile. Not reading is the point.
+		time.Sleep(300 * time.Millisecond)
+		got, err := io.Copy(io.Discard, resp.Body)
+		conn.Close()
+		if err != nil || got != int64(len(value)) {
+			t.Fatalf("the slow reader got %d of %d bytes (%v)", got, len(value), err)
+		}
+	}
+	b := pooledBreaker(t, "r", up.URL)
+	if c := b.counts(); b.state() != gobreaker.StateClosed || c.TotalFailures != 0 {
+		t.Fatalf("breaker %v with counts %+v after slow readers", b.state(), c)
+	}
+	if strings.Contains(g.logs(), "upstream answer cut off") {
+		t.Fatal("a slow reader was logged as the region cutting off its answer")
+	}
+}
+
+// Per-user key prefixes keep users apart for every template that loads,
+// whatever characters their ids hold and whatever keys they choose.
+// (Values used to be escaped with url.QueryEscape, which leaves -._~ as
+// they are: with "{user}-", user "a" reading key "b-x" got user "a-b"'s
+// key "x".)
+func TestPrefixesIsolateUsers(t *testing.T) {
+	up, _ := localUpstream(t, "t")
+	ids := []string{"a", "a-b", "a.b", "a_b", "a~b", "a:b", "a%2Db", "a b", "a+b", "é", "e\u0301", "alic", "alice", "b"}
+	for _, sep := range []string{"-", ".", "_", "~", ":", "/", "+"} {
+		t.Run("separator "+sep, func(t *testing.T) {
+			g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\tkey_prefix {http.request.header.X-User}"+sep+"\n\t}")
+			as := func(user string) []string { return []string{"X-User", user} }
+			// Every user writes, under keys crafted to collide with every
+			// other user's namespace, a value naming themselves.
+			keys := []string{"x"}
+			for _, other := range ids {
+				keys = append(keys, other+sep+"x", strings.TrimPrefix(other, "a")+sep+"x")
+			}
+			for _, user := range ids {
+				for _, k := range keys {
+					expect(t, g.do(http.MethodPut, "/cache/iso?ttl_seconds=600&key="+url.QueryEscape(k), strings.NewReader(user), as(user)...), 204, "")
+				}
+			}
+			for _, user := range ids {
+				for _, k := range keys {
+					if r := g.do(http.MethodGet, "/cache/iso?key="+url.QueryEscape(k), nil, as(user)...); r.status != 200 || r.body != user {
+						t.Fatalf("user %q reading key %q got %d %q: another user's value", user, k, r.status, r.body)
+					}
+				}
+			}
+		})
+	}
+	// A template whose placeholder has no separator after it is refused.
+	for _, tmpl := range []string{"{http.auth.user.id}", "u{http.auth.user.id}x", "{http.auth.user.id}{http.request.header.X-Team}:", "{http.auth.user.id}%"} {
+		_, _, err := adaptCaddyfile(":8080 {\n\tmomento {\n\t\tregion us-east-1 {\n\t\t\ttoken t\n\t\t}\n\t\tkey_prefix " + tmpl + "\n\t}\n}\n")
+		if err == nil || !strings.Contains(err.Error(), "must be followed by a separator") || !strings.Contains(err.Error(), "Caddyfile:6") {
+			t.Errorf("key_prefix %s: %v", tmpl, err)
+		}
+	}
+}
+
+// The browser sees only what the gateway decides: whatever the region (or
+// anything between) puts in its answer headers, the client gets none of
+// cookies, CORS grants, auth challenges or stray secrets, and always a
+// Content-Type the gateway chose, with nosniff.
+func TestRegionHeadersNeverReachTheBrowser(t *testing.T) {
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Access-Control-Allow-Origin", "https://evil.example")
+		h.Set("Access-Control-Allow-Credentials", "true")
+		h.Set("Set-Cookie", "session=stolen")
+		h.Set("WWW-Authenticate", "Basic realm=x")
+		h.Set("X-Echo-Token", r.Header.Get("Authorization"))
+		h.Set("Connection", "X-Hop")
+		h.Set("X-Hop", "1")
+		h.Set("Alt-Svc", `h3=":443"`)
+		h.Set("Cache-Control", "max-age=5")
+		h.Set("Retry-After", "7")
+		if r.URL.Query().Get("key") == "html" {
+			h.Set("Content-Type", "text/html")
+		} else {
+			h["Content-Type"] = nil // no type: a browser would sniff
+		}
+		if r.URL.Query().Get("key") == "busy" {
+			w.WriteHeader(429)
+		}
+		_, _ = io.WriteString(w, "<script>alert(1)</script>")
+	}))
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "secret-region-token")+"\t\tcors {\n\t\t\torigins https://app.example.com\n\t\t}\n\t}")
+	for _, key := range []string{"plain", "html", "busy"} {
+		r := g.do(http.MethodGet, "/cache/c?key="+key, nil, "Origin", "https://app.example.com")
+		for _, h := range []string{"Set-Cookie", "WWW-Authenticate", "X-Echo-Token", "X-Hop", "Alt-Svc", "Access-Control-Allow-Credentials"} {
+			if v := r.header.Get(h); v != "" {
+				t.Errorf("key %s: the client got %s: %q", key, h, v)
+			}
+		}
+		if strings.Contains(fmt.Sprint(r.header), "secret-region-token") {
+			t.Errorf("key %s: the token is in the answer's headers", key)
+		}
+		if got := r.header.Get("Access-Control-Allow-Origin"); got != "https://app.example.com" {
+			t.Errorf("key %s: Access-Control-Allow-Origin %q, want the gateway's", key, got)
+		}
+		if r.header.Get("X-Content-Type-Options") != "nosniff" || r.header.Get("Cache-Control") != "max-age=5" {
+			t.Errorf("key %s: headers %v", key, r.header)
+		}
+		want, retry := "application/octet-stream", ""
+		if key == "busy" {
+			want, retry = "text/plain; charset=utf-8", "7"
+		}
+		if ct := r.header.Get("Content-Type"); ct != want || r.header.Get("Retry-After") != retry {
+			t.Errorf("key %s: Content-Type %q, Retry-After %q; want %q, %q", key, ct, r.header.Get("Retry-After"), want, retry)
+		}
+	}
+}
+
+// CORS never opens the door to every site with credentials, nor to the
+// "null" origin that sandboxed frames and data: pages send.
+func TestCORSRefusesWhatNoSiteShouldGet(t *testing.T) {
+	_, _, err := adaptCaddyfile(":8080 {\n\tmomento {\n\t\tregion us-east-1 {\n\t\t\ttoken t\n\t\t}\n\t\tcors {\n\t\t\torigins *\n\t\t\tallow_credentials\n\t\t}\n\t}\n}\n")
+	if err == nil || !strings.Contains(err.Error(), "allow_credentials with origins *") || !strings.Contains(err.Error(), "Caddyfile:8") {
+		t.Errorf("origins * with allow_credentials: %v", err)
+	}
+	up, _ := localUpstream(t, "t")
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\tcors {\n\t\t\torigins *\n\t\t}\n\t}")
+	for _, method := range []string{http.MethodGet, http.MethodOptions} {
+		r := g.do(method, "/cache/c?key=k", nil, "Origin", "null", "Access-Control-Request-Method", "GET")
+		expect(t, r, 403, "origin null is not allowed")
+		if r.header.Get("Access-Control-Allow-Origin") != "" {
+			t.Errorf("%s from origin null was allowed: %v", method, r.header)
+		}
+	}
+	if up.hits.Load() != 0 {
+		t.Error("a request from origin null reached the region")
+	}
+}
+
+// Without a cors block, pages of other sites cannot write: a cross-site
+// form POST would otherwise publish, with the victim's credentials added
+// by the browser. Same-origin pages and non-browser clients are unaffected.
+func TestWritesFromOtherSitesNeedCORS(t *testing.T) {
+	up, _ := localUpstream(t, "t")
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t}")
+	host := strings.TrimPrefix(g.base, "http://")
+	for _, req := range []struct{ method, target string }{
+		{"POST", "/topics/c/t"}, {"PUT", "/cache/c?key=k&ttl_seconds=60"}, {"DELETE", "/cache/c?key=k"},
+	} {
+		expect(t, g.do(req.method, req.target, strings.NewReader("v"), "Origin", "https://evil.example", "Content-Type", "text/plain"),
+			403, "add a cors block")
+		expect(t, g.do(req.method, req.target, strings.NewReader("v"), "Sec-Fetch-Site", "cross-site", "Content-Type", "text/plain"),
+			403, "add a cors block")
+	}
+	if up.hits.Load() != 0 {
+		t.Fatal("a cross-site write reached the region")
+	}
+	expect(t, g.do("PUT", "/cache/c?key=k&ttl_seconds=60", strings.NewReader("v"), "Origin", "http://"+host, "Sec-Fetch-Site", "same-origin"), 204, "")
+	expect(t, g.do("PUT", "/cache/c?key=k&ttl_seconds=60", strings.NewReader("v")), 204, "")
+	// Reads stay readable only by the same origin (browsers enforce that);
+	// the gateway does not refuse them.
+	expect(t, g.do("GET", "/cache/c?key=k", nil, "Origin", "https://evil.example"), 200, "v")
+}
+
+// Long polls are bounded: one client cannot hold every subscription the
+// account has (Momento admits 100 per region by default) or the gateway's
+// memory. Past a limit the answer is 429 with Retry-After and a message
+// naming the limit, and nothing is sent to the region.
+func TestLongPollsAreBounded(t *testing.T) {
+	up, _ := localUpstream(t, "t")
+	cases := []struct {
+		name, global, region string
+		open                 int
+		msg                  string
+	}{
+		{"per region", "", "\t\t\tmax_subscriptions 3\n", 3, "region r has its max_subscriptions (3) subscriptions open"},
+		{"per gateway", "\t\tmax_waiting 2\n", "", 2, "this gateway has its max_waiting (2) clients waiting on topics"},
+		{"per client address", "\t\tmax_waiting_per_client 1\n", "", 1, "client 127.0.0.1 has its max_waiting_per_client (1) requests waiting on topics"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			g := runCaddyfile(t, func(port int, logPath string) string {
+				return strings.Replace(globalOptions("off", logPath), "{\n", "{\n\tmomento {\n"+tc.global+"\t}\n", 1) +
+					fmt.Sprintf(":%d {\n\tbind 127.0.0.1\n\tmomento {\n\t\tregion r {\n\t\t\tendpoint %s\n\t\t\ttoken t\n%s\t\t}\n\t}\n}\n", port, up.URL, tc.region)
+			})
+			ctx, cancel := context.WithCancel(context.Background())
+			var wg sync.WaitGroup
+			defer func() { cancel(); wg.Wait() }()
+			before := up.hits.Load()
+			for i := range tc.open {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					_, _ = (&subscriber{g: g, path: fmt.Sprintf("/topics/c/t%d", i)}).poll(ctx)
+				}()
+			}
+			// Every allowed long poll is waiting at the region.
+			waitFor(t, func() bool { return up.hits.Load()-before == int64(tc.open) })
+			r := g.get("/topics/c/one-more")
+			expect(t, r, http.StatusTooManyRequests, tc.msg)
+			if r.header.Get("Retry-After") != "1" {
+				t.Errorf("Retry-After %q", r.header.Get("Retry-After"))
+			}
+			if n := up.hits.Load() - before; n != int64(tc.open) {
+				t.Fatalf("the refused long poll reached the region: %d requests", n)
+			}
+			// Other requests are unaffected.
+			expect(t, g.get("/cache/c?key=k"), http.StatusNotFound, "Key Not Found")
+		})
+	}
 }

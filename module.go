@@ -133,6 +133,7 @@ type Handler struct {
 	maxMessageSize   int64
 	subscribeTimeout time.Duration
 
+	app           *App
 	regions       []*region
 	routes        []compiledRoute
 	defaultRegion *region
@@ -175,6 +176,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	app := appVal.(*App)
+	h.app = app
 	h.appRegions = make([]string, 0, len(app.Regions))
 	for _, rc := range app.Regions {
 		h.appRegions = append(h.appRegions, rc.Name)

@@ -63,9 +63,11 @@ func placeholders(template string) []placeholder {
 // validatePrefix reports a template whose placeholders could let one
 // user's value run into another's namespace, and says what to write.
 func validatePrefix(directive, template string) error {
-	for _, ph := range placeholders(template) {
+	phs := placeholders(template)
+	for i, ph := range phs {
 		name := template[ph.start:ph.end]
-		if ph.end == len(template) || !isSeparator(template[ph.end]) {
+		next := i+1 < len(phs) && phs[i+1].start == ph.end
+		if ph.end == len(template) || next || !isSeparator(template[ph.end]) {
 			return fieldErrorf(directive, "%s %q: %s must be followed by a separator, such as ':' or '/' (write %q): without one, user \"alic\" with key \"ecart\" would read user \"alice\"'s key \"cart\"",
 				directive, template, name, template[:ph.end]+":"+template[ph.end:])
 		}

@@ -62,6 +62,13 @@ func newTransport() *http.Transport {
 // counted.
 func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status int, cutOff bool) {
 	rg := c.region
+	if c.op == opSubscribe {
+		slot, rf := h.app.admitWaiter(r, rg)
+		if rf != nil {
+			return rf.write(w), false
+		}
+		defer slot.release()
+	}
 	var done func(error)
 	var wait time.Duration
 	var ok bool

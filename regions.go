@@ -1,6 +1,7 @@
 package momento
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"net/url"
@@ -38,6 +39,12 @@ type RegionConfig struct {
 	// handler, the handler's own breaker settings apply when this is unset.
 	Breaker *BreakerConfig `json:"breaker,omitempty"`
 
+	// How many subscriptions (long polls) the gateway keeps open to the
+	// region at once; past it a client is answered 429 with Retry-After and
+	// nothing is sent. Default: 100, Momento's default account limit per
+	// region.
+	MaxSubscriptions int `json:"max_subscriptions,omitempty"`
+
 	// Where the region is defined, e.g. "Caddyfile:12". The Caddyfile
 	// adapter sets it so that errors found only when the config loads (an
 	// unset {env.*} token, a token for another region) name the line too.
@@ -47,14 +54,14 @@ type RegionConfig struct {
 // isReference reports whether the config only names a region defined in
 // the global options.
 func (rc RegionConfig) isReference() bool {
-	return rc.Token == "" && rc.Endpoint == "" && rc.Breaker == nil
+	return rc.Token == "" && rc.Endpoint == "" && rc.Breaker == nil && rc.MaxSubscriptions == 0
 }
 
 // same reports whether two definitions of a region agree on everything
 // but where they stand, breaker defaults applied.
 func (rc RegionConfig) same(other RegionConfig) bool {
 	return rc.Name == other.Name && rc.Endpoint == other.Endpoint && rc.Token == other.Token &&
-		rc.Breaker.withDefaults() == other.Breaker.withDefaults()
+		rc.Breaker.withDefaults() == other.Breaker.withDefaults() && rc.MaxSubscriptions == other.MaxSubscriptions
 }
 
 // builtinCells maps each Momento region to its cell. The HTTP endpoint of a
@@ -115,6 +122,8 @@ type region struct {
 	basePath string // path prefix of a custom endpoint, usually ""
 	token    Token
 	breaker  BreakerConfig // with defaults
+	// maxSubscriptions bounds the upstream long polls open at once.
+	maxSubscriptions int
 
 	// state is kept across reloads (see app.go).
 	state   *regionState
@@ -126,7 +135,7 @@ type region struct {
 // resolveRegion resolves the region's placeholders and works out its
 // endpoint from the config, the built-in table and the token.
 func resolveRegion(rc RegionConfig, repl *caddy.Replacer) (*region, error) {
-	rg := &region{name: rc.Name, breaker: rc.Breaker.withDefaults()}
+	rg := &region{name: rc.Name, breaker: rc.Breaker.withDefaults(), maxSubscriptions: cmp.Or(rc.MaxSubscriptions, defaultMaxSubscriptions)}
 
 	if rc.Token == "" {
 		return nil, fmt.Errorf("region %q: no token configured: add `token {env.MOMENTO_API_KEY}` (or {file./path}) to it", rc.Name)

@@ -316,7 +316,7 @@ func TestIdleSubscriberCost(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = lh.Close() })
 	up := newUpstream(t, lh.HTTPHandler())
-	g := startGateway(t, "\tmomento {\n"+regionBlock("idle", up.URL, "t")+"\t}")
+	g := startGateway(t, fmt.Sprintf("\tmomento {\n\t\tregion idle {\n\t\t\tendpoint %s\n\t\t\ttoken t\n\t\t\tmax_subscriptions %d\n\t\t}\n\t}", up.URL, n))
 
 	measure := func(base string, header http.Header) (goroutines, heap float64) {
 		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: n}}

@@ -127,6 +127,9 @@ func validateRegions(regions []RegionConfig, field string, globals []string, inA
 		if err := rc.Breaker.validate(f + ".breaker"); err != nil {
 			return err
 		}
+		if rc.MaxSubscriptions < 0 {
+			return fieldErrorf(f+".max_subscriptions", "region %q: max_subscriptions %d must be positive", rc.Name, rc.MaxSubscriptions)
+		}
 		if rc.Endpoint != "" && !strings.Contains(rc.Endpoint, "{") {
 			if _, err := normalizeEndpoint(rc.Endpoint); err != nil {
 				return fieldErrorf(f+".endpoint", "region %q: %v", rc.Name, err)
