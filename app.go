@@ -217,8 +217,8 @@ type regionState struct {
 	// subscriptions counts the upstream long polls open at once.
 	subscriptions atomic.Int64
 	breaker       *breaker
-	transport *http.Transport
-	longPoll  *http.Transport // subscribes
+	transport     *http.Transport
+	longPoll      *http.Transport // subscribes
 }
 
 // Destruct closes idle upstream connections once no config uses the region.

@@ -160,4 +160,3 @@ func (pt *prefixTemplate) apply(c *call, r *http.Request) *refusal {
 	}
 	return nil
 }
-

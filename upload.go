@@ -45,8 +45,8 @@ type limitedBody struct {
 	progress func()
 	// reading is true while a read waits for the client's bytes.
 	reading atomic.Bool
-	n     int64
-	state atomic.Int32
+	n       int64
+	state   atomic.Int32
 	// cutOff is set when end had to abort a pending read of the client's
 	// body: on HTTP/1 its connection now has a past read deadline.
 	cutOff atomic.Bool
