@@ -142,8 +142,8 @@ func (a *App) define(rc RegionConfig) (*region, error) {
 	if err := rg.attach(a.logger); err != nil {
 		return nil, err
 	}
-	if !strings.Contains(rc.Token, "{") && rg.token.Kind() != TokenOpaque {
-		a.logger.Warn("a Momento token is written into the config itself, so `caddy adapt` and the admin API show it: use token {env.MOMENTO_API_KEY} or {file./path} instead",
+	if !strings.Contains(rc.Token, "{") && !rg.isLoopback() {
+		a.logger.Warn("a token is written into the config itself, so `caddy adapt` and the admin API show it: use token {env.MOMENTO_API_KEY} or {file./path} instead",
 			zap.String("region", rg.name), zap.String("token_fingerprint", rg.token.Fingerprint()))
 	}
 	a.logger.Info("momento region",

@@ -152,9 +152,9 @@ func findChromium(t *testing.T) string {
 
 // startBrowser starts headless Chromium for the test, with the flags this
 // closed network needs (no background connections to Google's services).
-func startBrowser(t *testing.T, chromium string) context.Context {
+func startBrowser(t *testing.T, chromium string, extra ...chromedp.ExecAllocatorOption) context.Context {
 	t.Helper()
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+	opts := append(append(chromedp.DefaultExecAllocatorOptions[:], extra...),
 		chromedp.ExecPath(chromium),
 		chromedp.NoSandbox,
 		chromedp.DisableGPU,

@@ -109,7 +109,7 @@ func TestCaddyfileErrors(t *testing.T) {
 			[]string{"token takes one value", "Caddyfile:6"}},
 		{"v1 token for another region", "momento {\n region us-east-1 {\n token " + testV1Token + "\n }\n}",
 			[]string{`region "us-east-1"`, "https://api.cache.cell-us-east-1-1.prod.a.momentohq.com (built in for us-east-1)",
-				"disagrees with https://api.cache.cell-4-us-west-2-1.prod.a.momentohq.com", "Caddyfile:5"}},
+				"disagrees with https://api.cache.cell-4-us-west-2-1.prod.a.momentohq.com", "the token is for region us-west-2", "MOMENTO_REGION=us-west-2", "Caddyfile:5"}},
 		{"repeated timeout", "momento {\n region us-east-1 {\n token a\n }\n timeout 1s\n timeout 2s\n}",
 			[]string{"timeout is given twice (first at Caddyfile:8)", "Caddyfile:9"}},
 		{"repeated token", "momento {\n region us-east-1 {\n token a\n token b\n }\n}",

@@ -93,6 +93,10 @@ func TestClientTokenIsStrippedAndReplaced(t *testing.T) {
 	if uri != "/cache/c?key=k&ttl_seconds=5" {
 		t.Errorf("upstream request URI %q", uri)
 	}
+	// The gateway names itself, not Go's default client.
+	if ua := up.lastUA.Load().(string); !strings.HasPrefix(ua, "caddy-momento/") {
+		t.Errorf("upstream saw User-Agent %q", ua)
+	}
 }
 
 func TestClientTokenReject(t *testing.T) {
@@ -484,5 +488,19 @@ func TestClientLeavingMidAnswerIsNotAFailure(t *testing.T) {
 	waitFor(t, func() bool { return b.counts().TotalExclusions == 1 })
 	if c := b.counts(); c.TotalFailures != 0 || b.state() != gobreaker.StateClosed {
 		t.Fatalf("a client leaving mid-answer counted against the region: %+v, %v", c, b.state())
+	}
+}
+
+// An upload to a region that refuses connections is answered 502 at once,
+// even while the client is still sending: the gateway does not wait for a
+// body the region will never take (it used to close the client's body,
+// which made net/http drain it first, and answer 408 after the timeout).
+func TestUploadToAnUnreachableRegionFailsAtOnce(t *testing.T) {
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", refusedURL(t), "t")+"\t\ttimeout 1m\n\t}")
+	// 10 of 100 bytes, and then nothing: were the gateway to wait for the
+	// rest, rawRequest would give up after 10 s.
+	status, body := rawRequest(t, g, "PUT /cache/c?key=k&ttl_seconds=60 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+	if status != http.StatusBadGateway || !strings.Contains(body, "region r could not be reached (connection failed)") {
+		t.Fatalf("got %d %q", status, body)
 	}
 }

@@ -38,6 +38,7 @@ type upstream struct {
 	conns    atomic.Int64 // connections accepted
 	lastAuth atomic.Value // string
 	lastURI  atomic.Value // string
+	lastUA   atomic.Value // string
 }
 
 func newUpstream(t *testing.T, h http.Handler) *upstream {
@@ -47,6 +48,7 @@ func newUpstream(t *testing.T, h http.Handler) *upstream {
 		u.hits.Add(1)
 		u.lastAuth.Store(r.Header.Get("Authorization"))
 		u.lastURI.Store(r.RequestURI)
+		u.lastUA.Store(r.UserAgent())
 		h.ServeHTTP(w, r)
 	}))
 	u.srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
@@ -63,7 +65,14 @@ func newUpstream(t *testing.T, h http.Handler) *upstream {
 // localUpstream runs the embedded backend as a region, requiring token.
 func localUpstream(t *testing.T, token string) (*upstream, *momentolocal.Handler) {
 	t.Helper()
-	lh, err := momentolocal.New(momentolocal.Handler{Token: token})
+	return localUpstreamWith(t, token, nil)
+}
+
+// localUpstreamWith runs the embedded backend with only the given caches
+// (nil: every cache exists).
+func localUpstreamWith(t *testing.T, token string, caches []string) (*upstream, *momentolocal.Handler) {
+	t.Helper()
+	lh, err := momentolocal.New(momentolocal.Handler{Token: token, Caches: caches})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,6 +110,8 @@ type gateway struct {
 	client  *http.Client
 	// roots trusts a TLS gateway's internal CA (nil for plain HTTP).
 	roots *x509.CertPool
+	// root is the folder the site's file_server serves (the next handler).
+	root string
 }
 
 // startGateway loads a Caddyfile whose site holds the given directives
@@ -112,7 +123,7 @@ func startGateway(t *testing.T, directives string) *gateway {
 	if err := os.WriteFile(filepath.Join(dir, "index.html"), []byte("next handler"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return runCaddyfile(t, func(port int, logPath string) string {
+	g := runCaddyfile(t, func(port int, logPath string) string {
 		return globalOptions("off", logPath) + fmt.Sprintf(`:%d {
 	bind 127.0.0.1
 	log {
@@ -125,6 +136,8 @@ func startGateway(t *testing.T, directives string) *gateway {
 }
 `, port, logPath, directives, dir)
 	})
+	g.root = dir
+	return g
 }
 
 // globalOptions is the tests' global Caddyfile block: the admin endpoint
@@ -151,7 +164,7 @@ func runCaddyfile(t *testing.T, site func(port int, logPath string) string) *gat
 		if b, err := os.ReadFile(logPath); err == nil && t.Failed() {
 			var lines []string
 			for _, l := range strings.Split(string(b), "\n") {
-				if !strings.Contains(l, `"level":"debug"`) {
+				if !strings.Contains(l, `"level":"debug"`) && !strings.Contains(l, `"logger":"http.log.access`) {
 					lines = append(lines, l)
 				}
 			}
@@ -197,6 +210,7 @@ func startGatewayTLS(t *testing.T, proto, directives string) *gateway {
 `, port, logPath, directives, dir)
 	})
 	g.base = strings.Replace(g.base, "http://", "https://", 1)
+	g.root = dir
 	root, err := os.ReadFile(filepath.Join(storage, "pki", "authorities", "local", "root.crt"))
 	if err != nil {
 		t.Fatal(err)

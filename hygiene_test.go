@@ -115,3 +115,24 @@ func TestTokenNeverLeaks(t *testing.T) {
 		t.Fatal("the region did not receive the server's token")
 	}
 }
+
+// Any token written literally into the config is warned about, unless it
+// goes to a backend on this machine (the embedded backend's own token).
+func TestLiteralTokensAreWarnedAbout(t *testing.T) {
+	const warning = "a token is written into the config itself"
+	g := startGateway(t, "\tmomento {\n"+regionBlock("remote", "https://momento.example.invalid", "opaque-literal-token")+
+		regionBlock("local", "http://127.0.0.1:9", "local-dev-token")+"\t\tdefault_region local\n\t}")
+	var remote, local bool
+	for _, line := range strings.Split(g.logs(), "\n") {
+		if strings.Contains(line, warning) {
+			remote = remote || strings.Contains(line, `"region":"remote"`)
+			local = local || strings.Contains(line, `"region":"local"`)
+		}
+		if strings.Contains(line, "opaque-literal-token") {
+			t.Fatalf("a log line shows the token: %s", line)
+		}
+	}
+	if !remote || local {
+		t.Fatalf("warned for the remote region: %v (want true), for the loopback one: %v (want false)", remote, local)
+	}
+}

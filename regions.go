@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"maps"
+	"net"
 	"net/url"
 	"slices"
 	"strings"
@@ -88,6 +89,16 @@ func builtinEndpoint(region string) (string, bool) {
 		return "", false
 	}
 	return "https://api.cache." + cell + ".prod.a.momentohq.com", true
+}
+
+// regionOf is the name of the Momento region whose endpoint this is.
+func regionOf(endpoint string) (string, bool) {
+	for name := range builtinCells {
+		if ep, _ := builtinEndpoint(name); ep == endpoint {
+			return name, true
+		}
+	}
+	return "", false
 }
 
 // builtinRegions lists the names of Momento's regions, sorted.
@@ -179,8 +190,12 @@ func resolveRegion(rc RegionConfig, repl *caddy.Replacer) (*region, error) {
 		if configured == "" {
 			source = "built in for " + rc.Name
 		}
-		return nil, fmt.Errorf("region %q: endpoint %s (%s) disagrees with %s named by the region's %s token (fingerprint %s): fix the region name or endpoint, or use the token issued for this region",
-			rc.Name, rg.endpoint, source, fromToken, rg.token.Kind(), rg.token.Fingerprint())
+		fix := "fix the region name or endpoint, or use the token issued for this region"
+		if name, ok := regionOf(fromToken); ok && configured == "" {
+			fix = fmt.Sprintf("the token is for region %s: name the region %s (with Caddyfile.example, set MOMENTO_REGION=%s), or use a token issued for %s", name, name, name, rc.Name)
+		}
+		return nil, fmt.Errorf("region %q: endpoint %s (%s) disagrees with %s named by the region's %s token (fingerprint %s): %s",
+			rc.Name, rg.endpoint, source, fromToken, rg.token.Kind(), rg.token.Fingerprint(), fix)
 	}
 
 	u, err := url.Parse(rg.endpoint)
@@ -191,4 +206,18 @@ func resolveRegion(rc RegionConfig, repl *caddy.Replacer) (*region, error) {
 	rg.metrics = newRegionMetrics(rg.name)
 	rg.rejectMsg = "region " + rg.name + " is unavailable: its circuit breaker is open after repeated failures; retry in "
 	return rg, nil
+}
+
+// isLoopback reports whether the region is on this machine (a local
+// backend, whose token is no secret).
+func (rg *region) isLoopback() bool {
+	host := rg.host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

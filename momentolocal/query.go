@@ -11,7 +11,7 @@ import (
 
 // The wire vocabulary in this file (the query scanner, key forms, name
 // rules) is written again, on purpose, in the gateway's own request parser
-// (the root package's router.go). Neither package imports the other's: the
+// (the root package's call.go). Neither package imports the other's: the
 // backend is the independent oracle the gateway's tests talk to, so a
 // parsing mistake made in one place cannot pass both sides unnoticed. Keep
 // them in step by what Momento documents, not by sharing code.

@@ -1,0 +1,142 @@
+package momento
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/sony/gobreaker/v2"
+)
+
+// In production Caddy serves the gateway over HTTPS, to HTTP/1.1, HTTP/2
+// and HTTP/3 clients alike. The main behaviours, over each, through a
+// gateway with `tls internal` (a CA in a temporary storage path, never
+// installed into the system's trust store).
+func TestOverHTTPSWithEachProtocol(t *testing.T) {
+	for _, proto := range protocols {
+		t.Run(proto, func(t *testing.T) {
+			up, lh := localUpstream(t, "t")
+			// A region that breaks off its answer midway, and one that fails.
+			cut := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Length", "100000")
+				_, _ = w.Write(bytes.Repeat([]byte("x"), 30000))
+				w.(http.Flusher).Flush()
+				conn, _, _ := w.(http.Hijacker).Hijack()
+				conn.Close()
+			}))
+			failing := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.WriteHeader(http.StatusInternalServerError)
+			}))
+			hang := make(chan struct{})
+			defer close(hang)
+			slow := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				_, _ = w.Write(bytes.Repeat([]byte("s"), 64<<10))
+				w.(http.Flusher).Flush()
+				select {
+				case <-hang:
+				case <-r.Context().Done():
+				}
+			}))
+			g := startGatewayTLS(t, proto, "\tmomento {\n"+regionBlock("r", up.URL, "t")+regionBlock("cut", cut.URL, "t")+
+				regionBlock("failing", failing.URL, "t")+regionBlock("slow", slow.URL, "t")+
+				"\t\troute cut-* cut\n\t\troute failing-* failing\n\t\troute slow-* slow\n\t\tdefault_region r\n"+
+				"\t\ttimeout 300ms\n\t\tbreaker {\n\t\t\tfailures 2\n\t\t\topen_for 1m\n\t\t}\n\t}")
+
+			// Round trips.
+			expect(t, g.put("/cache/c?key=k&ttl_seconds=60", "v"), http.StatusNoContent, "")
+			r := g.get("/cache/c?key=k")
+			expect(t, r, http.StatusOK, "v")
+			if r.header.Get("Connection") != "" {
+				t.Errorf("a connection-specific header on %s: %v", proto, r.header)
+			}
+			expect(t, g.do(http.MethodDelete, "/cache/c?key=k", nil), http.StatusNoContent, "")
+			expect(t, g.get("/cache/c?key=k"), http.StatusNotFound, "Key Not Found")
+
+			// 5 MiB both ways, streamed (key plus value within the limit).
+			value := make([]byte, 5<<20-8)
+			_, _ = rand.Read(value)
+			expect(t, g.do(http.MethodPut, "/cache/c?key=big&ttl_seconds=60", bytes.NewReader(value)), http.StatusNoContent, "")
+			if r := g.get("/cache/c?key=big"); r.status != 200 || !bytes.Equal([]byte(r.body), value) {
+				t.Fatalf("5 MiB: got %d and %d bytes", r.status, len(r.body))
+			}
+
+			// A stalled upload gets 408 with its message, and stores nothing.
+			pr, pw := io.Pipe()
+			go func() { _, _ = pw.Write([]byte("first bytes, then nothing")) }()
+			req, _ := http.NewRequest(http.MethodPut, g.base+"/cache/c?key=stalled&ttl_seconds=60", pr)
+			req.ContentLength = 1000
+			resp, err := g.client.Do(req)
+			if err != nil {
+				t.Fatalf("stalled upload: %v", err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			pw.Close()
+			if resp.StatusCode != http.StatusRequestTimeout || !strings.Contains(string(body), "the value stopped arriving for 300ms; nothing was stored") {
+				t.Fatalf("stalled upload: %d %q", resp.StatusCode, body)
+			}
+			if lh.Len() != 1 {
+				t.Fatalf("the backend holds %d items, want 1 (the 5 MiB one)", lh.Len())
+			}
+
+			// A region that breaks off mid-answer: the client sees an
+			// aborted answer, never a short value taken as whole.
+			resp, err = g.client.Get(g.base + "/cache/cut-1?key=k")
+			if err == nil {
+				var n int64
+				n, err = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if err == nil {
+					t.Fatalf("a cut-off answer of %d bytes was read as complete", n)
+				}
+			}
+
+			// A client that leaves mid-answer is not the region's failure.
+			ctx, cancel := context.WithCancel(context.Background())
+			req, _ = http.NewRequestWithContext(ctx, http.MethodGet, g.base+"/cache/slow-1?key=k", nil)
+			resp, err = g.client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(resp.Body, make([]byte, 1024)); err != nil {
+				t.Fatal(err)
+			}
+			cancel()
+			resp.Body.Close()
+			b := pooledBreaker(t, "slow", slow.URL)
+			waitFor(t, func() bool { return b.counts().TotalExclusions == 1 })
+			if c := b.counts(); c.TotalFailures != 0 || b.state() != gobreaker.StateClosed {
+				t.Fatalf("a client leaving mid-answer counted against the region: %+v", c)
+			}
+
+			// A long poll waits for the message.
+			got := make(chan []message, 1)
+			polls := up.hits.Load()
+			go func() {
+				msgs, err := (&subscriber{g: g, path: "/topics/c/live"}).poll(context.Background())
+				if err != nil {
+					t.Error(err)
+				}
+				got <- msgs
+			}()
+			waitFor(t, func() bool { return up.hits.Load() == polls+1 }) // the poll waits at the region
+			expect(t, g.publish("/topics/c/live", "text/plain", "hello over "+proto), http.StatusNoContent, "")
+			if msgs := <-got; len(msgs) != 1 || msgs[0].value != "hello over "+proto {
+				t.Fatalf("long poll got %+v", msgs)
+			}
+
+			// The breaker opens, and says when to come back.
+			expect(t, g.get("/cache/failing-1?key=k"), http.StatusInternalServerError, "")
+			expect(t, g.get("/cache/failing-1?key=k"), http.StatusInternalServerError, "")
+			r = g.get("/cache/failing-1?key=k")
+			expect(t, r, http.StatusServiceUnavailable, "circuit breaker is open")
+			if ra := r.header.Get("Retry-After"); ra != "60" && ra != "59" {
+				t.Errorf("Retry-After %q", ra)
+			}
+		})
+	}
+}
