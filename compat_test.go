@@ -2,9 +2,9 @@ package momento
 
 import (
 	"bytes"
-	"encoding/json"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"

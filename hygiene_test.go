@@ -128,8 +128,10 @@ func TestLiteralTokensAreWarnedAbout(t *testing.T) {
 			remote = remote || strings.Contains(line, `"region":"remote"`)
 			local = local || strings.Contains(line, `"region":"local"`)
 		}
-		if strings.Contains(line, "opaque-literal-token") {
-			t.Fatalf("a log line shows the token: %s", line)
+		// (Caddy's own debug log shows a literal token with the config it
+		// loads: the very reason for the warning.)
+		if strings.Contains(line, `"logger":"momento`) && strings.Contains(line, "opaque-literal-token") {
+			t.Fatalf("a log line of the gateway shows the token: %s", line)
 		}
 	}
 	if !remote || local {
