@@ -137,7 +137,7 @@ func TestSoakFaultInjection(t *testing.T) {
 		t.Skip("the soak test runs with MOMENTO_SOAK_SECONDS=<seconds>, as .ci/run does")
 	}
 	total := time.Duration(s) * time.Second
-	const timeout = 500 * time.Millisecond
+	const timeout = time.Second
 	const clients = 8
 
 	healthyStore, err := momentolocal.New(momentolocal.Handler{Token: "t"})
@@ -157,7 +157,7 @@ func TestSoakFaultInjection(t *testing.T) {
 
 	g := startGateway(t, "\tmomento {\n"+regionBlock("soak-healthy", healthy.URL, "t")+regionBlock("soak-faulty", "http://"+fs.addr, "t")+
 		"\t\troute faulty-* soak-faulty\n\t\tdefault_region soak-healthy\n"+
-		"\t\ttimeout 500ms\n\t\tbreaker {\n\t\t\tfailures 3\n\t\t\topen_for 1s\n\t\t}\n\t}")
+		"\t\ttimeout 1s\n\t\tbreaker {\n\t\t\tfailures 3\n\t\t\topen_for 1s\n\t\t}\n\t}")
 	g.client.Timeout = 10 * time.Second
 	g.client.Transport = &http.Transport{MaxIdleConnsPerHost: clients}
 	breaker := pooledBreaker(t, "soak-faulty", "http://"+fs.addr)
