@@ -222,6 +222,52 @@ func TestDemoPage(t *testing.T) {
 	if err != nil || !strings.Contains(first, "#0") {
 		t.Errorf("first feed entry %q, want sequence #0 (%v)", first, err)
 	}
+
+	// Names a browser cannot send as one path segment: it resolves "/cache/.."
+	// to "/" and would show the page's own HTML as a value. The page refuses
+	// them itself, and the next good name works again.
+	lastCall := func(field, name, button string) (status, text, body string) {
+		t.Helper()
+		if err := chromedp.Do(ctx,
+			chromedp.Evaluate[chromedp.Void](`document.querySelector("#result-status-text").textContent = ""`),
+			chromedp.SetValue(chromedp.CSS(field), name),
+			chromedp.Click(chromedp.CSS(button)),
+			chromedp.Poll[chromedp.Void](`document.querySelector("#result-status-text").textContent !== ""`),
+		); err != nil {
+			t.Fatalf("%s %q, %s: %v", field, name, button, err)
+		}
+		result, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](
+			`["#result-status", "#result-status-text", "#result-body"].map((id) => document.querySelector(id).textContent)`))
+		if err != nil || len(result) != 3 {
+			t.Fatalf("%s %q, %s: reading the result: %v %q", field, name, button, err, result)
+		}
+		return result[0], result[1], result[2]
+	}
+	for _, c := range []struct{ field, name, button, want string }{
+		{"#cache-name", "..", "#get", `Cache name ".." cannot be used: a browser reads ".." in a URL path as the folder above`},
+		{"#cache-name", ".", "#put", `Cache name "." cannot be used: a browser reads "." in a URL path as the current folder`},
+		{"#cache-name", "a/b", "#delete", `Cache name "a/b" cannot be used: a name cannot contain "/"`},
+		{"#topic", "..", "#publish", `Topic ".." cannot be used`},
+	} {
+		status, text, body := lastCall(c.field, c.name, c.button)
+		if status != "" || text != "Not sent" || !strings.Contains(body, c.want) {
+			t.Errorf("%s %q, %s: page shows %q %q %q; want Not sent and %q", c.field, c.name, c.button, status, text, body, c.want)
+		}
+	}
+	// A refused topic name stops the feed, with the same reason.
+	if err := chromedp.Do(ctx, chromedp.Evaluate[chromedp.Void](`document.querySelector("#topic").dispatchEvent(new Event("change"))`),
+		chromedp.Poll[chromedp.Void](`document.querySelector("#feed-status").textContent.startsWith("Not subscribed. Topic \"..\" cannot be used")`),
+	); err != nil {
+		feedStatus, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector("#feed-status").textContent`))
+		t.Errorf("feed on topic \"..\": %v (feed status: %s)", err, feedStatus)
+	}
+	if status, _, body := lastCall("#cache-name", "demo", "#get"); status != "404" || body != "Key Not Found" {
+		t.Errorf("after a refused name, a get on demo shows %q %q; want 404 Key Not Found", status, body)
+	}
+	invalid, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.querySelector("#cache-name").hasAttribute("aria-invalid")`))
+	if err != nil || invalid {
+		t.Errorf("the cache name field is still marked invalid (%v)", err)
+	}
 }
 
 // browserPage is served from its own origin and calls the gateways with

@@ -5,6 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A server left on the port would answer in place of the one started here.
+if curl -s -o /dev/null --max-time 2 http://127.0.0.1:8080/; then
+	echo "something already answers on 127.0.0.1:8080: stop it first" >&2
+	exit 1
+fi
+
 log="$(mktemp)"
 env -u MOMENTO_API_KEY -u MOMENTO_BACKEND ./xcaddy.sh run >"$log" 2>&1 &
 pid=$!
@@ -54,6 +60,24 @@ done <<<"$block"
 
 echo "smoke: $passed passed, $failed failed"
 [ "$passed" -gt 0 ] && [ "$failed" -eq 0 ]
+
+# Caddyfile.example answers only its own host names: a page that rebinds its
+# DNS name to 127.0.0.1 sends its own Host and gets Caddy's empty answer, and
+# nothing reaches the gateway.
+rebound="$(curl -s -o /dev/null -w '%{http_code} %{size_download}' -H 'Host: rebind.example:8080' \
+	-X PUT --data-binary 'x' 'http://127.0.0.1:8080/cache/demo?key=rebound&ttl_seconds=60')"
+echo "a foreign Host (want \"200 0\"): $rebound"
+[ "$rebound" = "200 0" ]
+stored="$(curl -s -o /dev/null -w '%{http_code}' 'http://localhost:8080/cache/demo?key=rebound')"
+echo "its PUT stored nothing (want 404): $stored"
+[ "$stored" = 404 ]
+
+# The README's limits: Caddy's default max_header_size (16 KiB) bounds the
+# request line and headers; past it Caddy answers 431.
+long="$(head -c 24576 /dev/zero | tr '\0' k)"
+status="$(curl -s -o /dev/null -w '%{http_code}' "http://localhost:8080/cache/demo?key=hello&pad=$long" || true)"
+echo "a 24 KiB request line (want 431): $status"
+[ "$status" = 431 ]
 
 # An upload the region refuses before reading it (the embedded backend, like
 # Momento, refuses key plus value over 5 MiB at once) must leave a keep-alive

@@ -38,6 +38,10 @@
 #             and the quietest kept; the table shows "other CPU %"
 #   PROFILE_WORKLOAD=get100 (or get1m, breaker)  PROFILE_CONNS=256  for profile mode
 # Quick smoke run: DURATION=2s ROUNDS=1 WARMUP=1s bench/run.sh
+#
+# Needs Linux with 2 CPUs, Go, and wrk, nginx, taskset and curl
+# (apt-get install wrk nginx util-linux curl; as root, missing ones are
+# installed here); root also for NICE.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -164,6 +168,7 @@ install_packages() {
 	command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 	command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+	command -v curl >/dev/null 2>&1 || missing+=(curl)
 	[ "${#missing[@]}" -eq 0 ] && return
 	[ "$(id -u)" -eq 0 ] || die "missing ${missing[*]}: install them (apt-get install ${missing[*]}) or run as root"
 	log "installing ${missing[*]} from Debian packages"
