@@ -263,6 +263,12 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call) (status
 		rf = h.checkCall(c, r)
 	}
 	if rf != nil {
+		if r.ProtoMajor == 1 && (r.ContentLength < 0 || r.ContentLength > unreadBodyToDrain) {
+			// Refused with its upload unread: answer at once and close,
+			// rather than let net/http read the body first (curl waits a
+			// second for "100 Continue" before it sends more than 1 MiB).
+			closeAfterAnswer(w)
+		}
 		return rf.write(w), false
 	}
 	if c.region = h.regionFor(c.cache); c.region == nil {

@@ -138,6 +138,11 @@ func endUpload(w http.ResponseWriter, r *http.Request, b *limitedBody) {
 	}
 }
 
+// unreadBodyToDrain is the most of a refused request's body that is left
+// for net/http to read after the answer, so that the connection stays
+// open (net/http reads up to 256 KiB).
+const unreadBodyToDrain = 256 << 10
+
 // closeAfterAnswer closes an HTTP/1 connection after the answer the way
 // net/http does for a body past http.MaxBytesReader's limit: the answer
 // says Connection: close, and the connection is half-closed first and shut
