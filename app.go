@@ -234,10 +234,10 @@ type regionState struct {
 	// and the clients' own with the hub off.
 	subscriptions atomic.Int64
 	// hubs are the region's topic hubs.
-	hubs regionHubs
-	breaker       *breaker
-	transport     *http.Transport
-	longPoll      *http.Transport // subscribes
+	hubs      regionHubs
+	breaker   *breaker
+	transport *http.Transport
+	longPoll  *http.Transport // subscribes
 }
 
 // Destruct ends the region's topic hubs and closes its idle upstream

@@ -123,7 +123,10 @@ var (
 )
 
 // Describe implements prometheus.Collector.
-func (c regionGauges) Describe(ch chan<- *prometheus.Desc) { ch <- breakerStateDesc; ch <- subscriptionsDesc }
+func (c regionGauges) Describe(ch chan<- *prometheus.Desc) {
+	ch <- breakerStateDesc
+	ch <- subscriptionsDesc
+}
 
 // Collect implements prometheus.Collector.
 func (c regionGauges) Collect(ch chan<- prometheus.Metric) {
