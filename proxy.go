@@ -112,8 +112,15 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status
 	}
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
-	ex := &exchange{}
 	var body *limitedBody
+	limit := h.maxItemSize - int64(len(c.key))
+	if c.op == opPublish {
+		limit = h.maxMessageSize
+	}
+	if (c.op == opSet || c.op == opPublish) && c.bodySize != 0 {
+		body = newLimitedBody(w, r, limit)
+	}
+	ex := &exchange{}
 	ex.timer = time.AfterFunc(answerTimeout, func() {
 		ex.clientStalled.Store(body != nil && body.reading.Load())
 		cancel(errUpstreamTimeout)
@@ -128,26 +135,22 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status
 	out.Proto, out.ProtoMajor, out.ProtoMinor = "HTTP/1.1", 1, 1
 	out.Header = http.Header{"Authorization": rg.token.authHeader(), "User-Agent": userAgent}
 	out.Host = rg.host
-	if c.op == opSet || c.op == opPublish {
-		limit := h.maxItemSize - int64(len(c.key))
-		if c.op == opPublish {
-			limit = h.maxMessageSize
-			out.Header["Content-Type"] = []string{c.contentType}
-		}
-		if c.bodySize == 0 {
-			out.Body = http.NoBody
-		} else {
-			body = newLimitedBody(w, r, limit)
-			// Each part of the upload that arrives gives the region the
-			// full timeout again: a slow client is not the region's fault.
-			body.progress = func() { ex.timer.Reset(answerTimeout) }
-			out.Body = body
-			out.ContentLength = c.bodySize // -1 streams chunked
-			// On failure RoundTrip waits for the transport to stop reading
-			// the body, and a stalled client would hold it forever: when
-			// the exchange ends (timeout, client gone), end the upload too.
-			defer context.AfterFunc(ctx, body.end)()
-		}
+	if c.op == opPublish {
+		out.Header["Content-Type"] = []string{c.contentType}
+	}
+	switch {
+	case body != nil:
+		// Each part of the upload that arrives gives the region the full
+		// timeout again: a slow client is not the region's fault.
+		body.progress = func() { ex.timer.Reset(answerTimeout) }
+		out.Body = body
+		out.ContentLength = c.bodySize // -1 streams chunked
+		// On failure RoundTrip waits for the transport to stop reading the
+		// body, and a stalled client would hold it forever: when the
+		// exchange ends (timeout, client gone), end the upload too.
+		defer context.AfterFunc(ctx, body.end)()
+	case c.op == opSet || c.op == opPublish:
+		out.Body = http.NoBody
 	}
 
 	resp, err := transport.RoundTrip(out)

@@ -41,10 +41,12 @@ func TestOverHTTPSWithEachProtocol(t *testing.T) {
 				case <-r.Context().Done():
 				}
 			}))
-			g := startGatewayTLS(t, proto, "\tmomento {\n"+regionBlock("r", up.URL, "t")+regionBlock("cut", cut.URL, "t")+
-				regionBlock("failing", failing.URL, "t")+regionBlock("slow", slow.URL, "t")+
-				"\t\troute cut-* cut\n\t\troute failing-* failing\n\t\troute slow-* slow\n\t\tdefault_region r\n"+
-				"\t\ttimeout 300ms\n\t\tbreaker {\n\t\t\tfailures 2\n\t\t\topen_for 1m\n\t\t}\n\t}")
+			regions := regionBlock("r", up.URL, "t") + regionBlock("cut", cut.URL, "t") +
+				regionBlock("failing", failing.URL, "t") + regionBlock("slow", slow.URL, "t") +
+				"\t\troute cut-* cut\n\t\troute failing-* failing\n\t\troute slow-* slow\n\t\tdefault_region r\n" +
+				"\t\tbreaker {\n\t\t\tfailures 2\n\t\t\topen_for 1m\n\t\t}\n"
+			// Under /short/, a timeout short enough for a stalled upload.
+			g := startGatewayTLS(t, proto, "\thandle_path /short/* {\n\t\tmomento {\n"+regions+"\t\ttimeout 300ms\n\t\t}\n\t}\n\tmomento {\n"+regions+"\t}")
 
 			// Round trips.
 			expect(t, g.put("/cache/c?key=k&ttl_seconds=60", "v"), http.StatusNoContent, "")
@@ -67,7 +69,7 @@ func TestOverHTTPSWithEachProtocol(t *testing.T) {
 			// A stalled upload gets 408 with its message, and stores nothing.
 			pr, pw := io.Pipe()
 			go func() { _, _ = pw.Write([]byte("first bytes, then nothing")) }()
-			req, _ := http.NewRequest(http.MethodPut, g.base+"/cache/c?key=stalled&ttl_seconds=60", pr)
+			req, _ := http.NewRequest(http.MethodPut, g.base+"/short/cache/c?key=stalled&ttl_seconds=60", pr)
 			req.ContentLength = 1000
 			resp, err := g.client.Do(req)
 			if err != nil {
