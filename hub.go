@@ -1,6 +1,7 @@
 package momento
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -97,6 +98,18 @@ const (
 	hubBackoffMin = 100 * time.Millisecond
 	hubBackoffMax = 5 * time.Second
 )
+
+// counts are the region's hubs and the clients waiting on them.
+func (rh *regionHubs) counts() (hubs, waiting int) {
+	rh.mu.Lock()
+	defer rh.mu.Unlock()
+	for _, hb := range rh.byKey {
+		hb.mu.Lock()
+		waiting += hb.waiters
+		hb.mu.Unlock()
+	}
+	return len(rh.byKey), waiting
+}
 
 // join adds a waiter to the topic's hub, starting one (and its upstream
 // subscription) if there is none. A new hub takes one of the region's
@@ -391,7 +404,6 @@ func (hb *hub) apply(page upstreamPage) {
 				continue // already kept
 			}
 			m := hubMessage{seq: it.TopicSequenceNumber, page: it.SequencePage}
-			value, _ := json.Marshal(it.Value)
 			switch {
 			case it.Value.Binary != nil:
 				m.kind, m.data = "binary", *it.Value.Binary
@@ -400,7 +412,9 @@ func (hb *hub) apply(page upstreamPage) {
 			default:
 				continue
 			}
-			m.item = fmt.Appendf(nil, `{"item":{"topic_sequence_number":%d,"sequence_page":%d,"value":%s}}`, m.seq, it.SequencePage, value)
+			// Encoded anew, so that only what Momento's API defines reaches
+			// the clients.
+			m.item = fmt.Appendf(nil, `{"item":{"topic_sequence_number":%d,"sequence_page":%d,"value":{"%s":%s}}}`, m.seq, m.page, m.kind, jsonString(m.data))
 			hb.msgs = append(hb.msgs, m)
 			hb.size += len(m.item)
 			hb.next = m.seq + 1
@@ -428,6 +442,16 @@ func (hb *hub) wake() {
 	close(hb.changed)
 	hb.changed = make(chan struct{})
 	hb.mu.Unlock()
+}
+
+// jsonString is s as a JSON string, with <, > and & as they are (as
+// Momento writes them), not escaped for HTML.
+func jsonString(s string) []byte {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(s)
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
 }
 
 // finish ends the hub with the region's answer, for every waiter.
