@@ -233,8 +233,10 @@ type regionState struct {
 	// subscriptions counts the upstream long polls open at once: the hubs,
 	// and the clients' own with the hub off.
 	subscriptions atomic.Int64
-	// hubs are the region's topic hubs.
+	// hubs are the region's topic hubs, and fannedOut counts the messages
+	// they handed to subscribers.
 	hubs      regionHubs
+	fannedOut atomic.Int64
 	breaker   *breaker
 	transport *http.Transport
 	longPoll  *http.Transport // subscribes

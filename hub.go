@@ -54,8 +54,23 @@ type hub struct {
 	// fannedOut counts messages handed to clients.
 	fannedOut atomic.Int64
 
+	// view is what waiters read, without a lock: thousands of them wake
+	// at once when a message arrives.
+	view atomic.Pointer[hubView]
+
+	// mu serializes the hub's writers and guards what follows.
 	mu      sync.Mutex
 	waiters int
+	size    int // bytes of the view's messages
+	stop    context.CancelFunc
+	linger  *time.Timer
+	gone    bool // removed from its region; a new waiter makes another
+}
+
+// hubView is the state of a hub's topic as its waiters see it. A view never
+// changes once published: a new one replaces it, and closing the old one's
+// changed channel wakes its waiters.
+type hubView struct {
 	// started is set by the first answer from the region: page and next
 	// are Momento's from then on.
 	started bool
@@ -64,15 +79,18 @@ type hub struct {
 	// before it, consecutive, oldest first.
 	next uint64
 	msgs []hubMessage
-	size int
-	// changed is closed, and replaced, when waiters have something new.
-	changed chan struct{}
 	// final is the region's answer that ended the hub (a missing cache, a
 	// refused token), for its waiters.
-	final  *refusal
-	stop   context.CancelFunc
-	linger *time.Timer
-	gone   bool // removed from its region; a new waiter makes another
+	final   *refusal
+	changed chan struct{}
+	// encoded caches this view's answers by cursor and form: the many
+	// waiters at one cursor get the same bytes, encoded once.
+	encoded sync.Map // answerKey -> []byte
+}
+
+type answerKey struct {
+	next, page uint64
+	events     bool
 }
 
 // hubMessage is one message, encoded once for every client that reads it.
@@ -124,7 +142,8 @@ func (rh *regionHubs) join(rg *region, key hubKey, cur cursor, set hubSettings, 
 			rg.state.subscriptions.Add(-1)
 			return nil, tooManySubscriptions(rg)
 		}
-		hb = &hub{key: key, owner: rg.state, set: set, logger: logger, changed: make(chan struct{})}
+		hb = &hub{key: key, owner: rg.state, set: set, logger: logger}
+		hb.view.Store(&hubView{changed: make(chan struct{})})
 		ctx, cancel := context.WithCancel(context.Background())
 		hb.stop = cancel
 		if rh.byKey == nil {
@@ -201,42 +220,45 @@ type discontinuity struct{ last, newSeq, newPage uint64 }
 type hubAnswer struct {
 	disc *discontinuity
 	msgs []hubMessage
+	// view and key say where the answer comes from, to share its encoding.
+	view *hubView
+	key  answerKey
 }
 
 // read answers a cursor from the buffer, or returns the channel to wait on
 // until there is something new.
 func (hb *hub) read(cur cursor) (ans hubAnswer, final *refusal, wait <-chan struct{}) {
-	hb.mu.Lock()
-	defer hb.mu.Unlock()
-	if hb.final != nil {
-		return ans, hb.final, nil
+	v := hb.view.Load()
+	ans.view = v
+	if v.final != nil {
+		return ans, v.final, nil
 	}
-	if !hb.started {
-		return ans, nil, hb.changed
+	if !v.started {
+		return ans, nil, v.changed
 	}
-	first := hb.next - uint64(len(hb.msgs))
+	first := v.next - uint64(len(v.msgs))
 	last := cur.next - min(cur.next, 1) // unsigned: 0 when next is 0
 	switch {
-	case cur.page != 0 && cur.page != hb.page:
+	case cur.page != 0 && cur.page != v.page:
 		// Another page: the topic's numbering restarted since the client
 		// last read. It goes on from the oldest message kept.
-		ans.disc = &discontinuity{last: last, newSeq: first, newPage: hb.page}
-		ans.msgs = hb.msgs[:min(len(hb.msgs), maxItemsPerAnswer)]
-	case cur.next > hb.next:
+		ans.disc = &discontinuity{last: last, newSeq: first, newPage: v.page}
+		ans.msgs = v.msgs[:min(len(v.msgs), maxItemsPerAnswer)]
+	case cur.next > v.next:
 		// Ahead of the topic: it goes on from the next message.
-		ans.disc = &discontinuity{last: last, newSeq: hb.next, newPage: hb.page}
+		ans.disc = &discontinuity{last: last, newSeq: v.next, newPage: v.page}
 	case cur.next < first:
 		// Behind the buffer: the messages between are gone.
-		ans.disc = &discontinuity{last: last, newSeq: first, newPage: hb.page}
-		ans.msgs = hb.msgs[:min(len(hb.msgs), maxItemsPerAnswer)]
-	case cur.next < hb.next:
+		ans.disc = &discontinuity{last: last, newSeq: first, newPage: v.page}
+		ans.msgs = v.msgs[:min(len(v.msgs), maxItemsPerAnswer)]
+	case cur.next < v.next:
 		from := int(cur.next - first)
-		ans.msgs = hb.msgs[from:min(len(hb.msgs), from+maxItemsPerAnswer)]
+		ans.msgs = v.msgs[from:min(len(v.msgs), from+maxItemsPerAnswer)]
 	default:
-		return ans, nil, hb.changed
+		return ans, nil, v.changed
 	}
-	hb.fannedOut.Add(int64(len(ans.msgs)))
-	hb.region.Load().metrics.fannedOut.Add(float64(len(ans.msgs)))
+	ans.key = answerKey{next: cur.next, page: cur.page}
+	hb.owner.fannedOut.Add(int64(len(ans.msgs)))
 	return ans, nil, nil
 }
 
@@ -249,6 +271,29 @@ func (ans hubAnswer) after(cur cursor) cursor {
 		cur.next = ans.msgs[n-1].seq + 1
 	}
 	return cur
+}
+
+// json is the answer as Momento's subscribe answer, encoded once for all
+// the waiters at its cursor.
+func (ans hubAnswer) json() []byte {
+	if b, ok := ans.view.encoded.Load(ans.key); ok {
+		return b.([]byte)
+	}
+	b := ans.appendJSON(nil)
+	ans.view.encoded.Store(ans.key, b)
+	return b
+}
+
+// events is the answer as Server-Sent Events, encoded once likewise.
+func (ans hubAnswer) events() []byte {
+	key := ans.key
+	key.events = true
+	if b, ok := ans.view.encoded.Load(key); ok {
+		return b.([]byte)
+	}
+	b := ans.appendEvents(nil)
+	ans.view.encoded.Store(key, b)
+	return b
 }
 
 // appendJSON writes the answer as Momento's subscribe answer.
@@ -264,6 +309,15 @@ func (ans hubAnswer) appendJSON(b []byte) []byte {
 		b = append(b, m.item...)
 	}
 	return append(b, "]}"...)
+}
+
+// publish makes a new view the one waiters read, and wakes the waiters of
+// the old one. Callers hold hb.mu.
+func (hb *hub) publish(v *hubView) {
+	old := hb.view.Load()
+	v.changed = make(chan struct{})
+	hb.view.Store(v)
+	close(old.changed)
 }
 
 // regionDown reports whether the hub's region refuses everything (its
@@ -289,11 +343,9 @@ func (hb *hub) run(ctx context.Context, cur cursor) {
 			sleep(ctx, wait)
 			continue
 		}
-		hb.mu.Lock()
-		if hb.started {
-			cur = cursor{next: hb.next, page: hb.page, given: true}
+		if v := hb.view.Load(); v.started {
+			cur = cursor{next: v.next, page: v.page, given: true}
 		}
-		hb.mu.Unlock()
 		page, status, retryAfter, body, err := hb.poll(ctx, rg, cur)
 		switch {
 		case ctx.Err() != nil:
@@ -387,20 +439,23 @@ type upstreamPage struct {
 func (hb *hub) apply(page upstreamPage) {
 	hb.mu.Lock()
 	defer hb.mu.Unlock()
+	old := hb.view.Load()
+	// The new view's messages never share an array with the old view's.
+	v := &hubView{started: old.started, page: old.page, next: old.next, msgs: old.msgs[:len(old.msgs):len(old.msgs)]}
 	changed := false
 	for _, e := range page.Items {
 		switch {
 		case e.Discontinuity != nil:
-			hb.started, hb.page, hb.next = true, e.Discontinuity.NewSequencePage, e.Discontinuity.NewTopicSequence
-			hb.msgs, hb.size = nil, 0
+			v.started, v.page, v.next = true, e.Discontinuity.NewSequencePage, e.Discontinuity.NewTopicSequence
+			v.msgs, hb.size = nil, 0
 			changed = true
 		case e.Item != nil:
 			it := e.Item
-			if !hb.started || it.SequencePage != hb.page || it.TopicSequenceNumber > hb.next {
-				hb.started, hb.page, hb.next = true, it.SequencePage, it.TopicSequenceNumber
-				hb.msgs, hb.size = nil, 0
+			if !v.started || it.SequencePage != v.page || it.TopicSequenceNumber > v.next {
+				v.started, v.page, v.next = true, it.SequencePage, it.TopicSequenceNumber
+				v.msgs, hb.size = nil, 0
 			}
-			if it.TopicSequenceNumber < hb.next {
+			if it.TopicSequenceNumber < v.next {
 				continue // already kept
 			}
 			m := hubMessage{seq: it.TopicSequenceNumber, page: it.SequencePage}
@@ -415,33 +470,30 @@ func (hb *hub) apply(page upstreamPage) {
 			// Encoded anew, so that only what Momento's API defines reaches
 			// the clients.
 			m.item = fmt.Appendf(nil, `{"item":{"topic_sequence_number":%d,"sequence_page":%d,"value":{"%s":%s}}}`, m.seq, m.page, m.kind, jsonString(m.data))
-			hb.msgs = append(hb.msgs, m)
+			v.msgs = append(v.msgs, m)
 			hb.size += len(m.item)
-			hb.next = m.seq + 1
+			v.next = m.seq + 1
 			changed = true
 		}
 	}
 	// Keep the last messages, within both bounds (always the newest one).
 	drop := 0
-	for len(hb.msgs)-drop > 1 && (len(hb.msgs)-drop > hb.set.buffer || hb.size > hb.set.bufferSize) {
-		hb.size -= len(hb.msgs[drop].item)
+	for len(v.msgs)-drop > 1 && (len(v.msgs)-drop > hb.set.buffer || hb.size > hb.set.bufferSize) {
+		hb.size -= len(v.msgs[drop].item)
 		drop++
 	}
-	if drop > 0 {
-		hb.msgs = append([]hubMessage(nil), hb.msgs[drop:]...)
-	}
+	v.msgs = v.msgs[drop:]
 	if changed {
-		close(hb.changed)
-		hb.changed = make(chan struct{})
+		hb.publish(v)
 	}
 }
 
-// wake has the waiters look again.
+// wake has the waiters look again (the region's breaker opened).
 func (hb *hub) wake() {
 	hb.mu.Lock()
-	close(hb.changed)
-	hb.changed = make(chan struct{})
-	hb.mu.Unlock()
+	defer hb.mu.Unlock()
+	v := hb.view.Load()
+	hb.publish(&hubView{started: v.started, page: v.page, next: v.next, msgs: v.msgs, final: v.final})
 }
 
 // jsonString is s as a JSON string, with <, > and & as they are (as
@@ -457,9 +509,8 @@ func jsonString(s string) []byte {
 // finish ends the hub with the region's answer, for every waiter.
 func (hb *hub) finish(rf *refusal) {
 	hb.mu.Lock()
-	hb.final = rf
-	close(hb.changed)
-	hb.changed = make(chan struct{})
+	v := hb.view.Load()
+	hb.publish(&hubView{started: v.started, page: v.page, next: v.next, msgs: v.msgs, final: rf})
 	hb.mu.Unlock()
 	hb.remove()
 }

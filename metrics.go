@@ -23,7 +23,6 @@ var metrics = struct {
 	rejections  *prometheus.CounterVec
 	transitions *prometheus.CounterVec
 	hubs        *prometheus.GaugeVec
-	fannedOut   *prometheus.CounterVec
 	waiting     *prometheus.GaugeVec
 }{
 	requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -47,10 +46,6 @@ var metrics = struct {
 		Namespace: "caddy", Subsystem: "momento", Name: "topic_hubs",
 		Help: "Topic hubs per region: topics with one upstream subscription shared by their subscribers.",
 	}, []string{"region"}),
-	fannedOut: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "momento", Name: "topic_messages_fanned_out_total",
-		Help: "Topic messages handed to subscribers by the hubs, per region (one message to N subscribers counts N).",
-	}, []string{"region"}),
 	waiting: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "momento", Name: "topic_waiting_clients",
 		Help: "Clients waiting on topics, by kind: long_poll or sse.",
@@ -64,7 +59,7 @@ func registerMetrics(reg prometheus.Registerer, app *App) error {
 		return nil
 	}
 	for _, c := range []prometheus.Collector{metrics.requests, metrics.duration, regionGauges{app}, metrics.rejections, metrics.transitions,
-		metrics.hubs, metrics.fannedOut, metrics.waiting} {
+		metrics.hubs, metrics.waiting} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {
@@ -120,12 +115,17 @@ var (
 		"caddy_momento_upstream_subscriptions",
 		"Subscriptions (long polls) open to each region: one per topic hub, or one per waiting client with the hub off.",
 		[]string{"region"}, nil)
+	fannedOutDesc = prometheus.NewDesc(
+		"caddy_momento_topic_messages_fanned_out_total",
+		"Topic messages handed to subscribers by the hubs, per region (one message to N subscribers counts N).",
+		[]string{"region"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (c regionGauges) Describe(ch chan<- *prometheus.Desc) {
 	ch <- breakerStateDesc
 	ch <- subscriptionsDesc
+	ch <- fannedOutDesc
 }
 
 // Collect implements prometheus.Collector.
@@ -133,6 +133,7 @@ func (c regionGauges) Collect(ch chan<- prometheus.Metric) {
 	for _, rg := range c.app.regions() {
 		ch <- prometheus.MustNewConstMetric(breakerStateDesc, prometheus.GaugeValue, stateValue(rg.state.breaker.state()), rg.name)
 		ch <- prometheus.MustNewConstMetric(subscriptionsDesc, prometheus.GaugeValue, float64(rg.state.subscriptions.Load()), rg.name)
+		ch <- prometheus.MustNewConstMetric(fannedOutDesc, prometheus.CounterValue, float64(rg.state.fannedOut.Load()), rg.name)
 	}
 }
 
@@ -143,7 +144,6 @@ type regionMetrics struct {
 	duration   [opCount]prometheus.Observer
 	rejections prometheus.Counter
 	hubs       prometheus.Gauge
-	fannedOut  prometheus.Counter
 	// requests[op][status] is filled on first use: most (op, status) pairs
 	// never occur.
 	requests [opCount][len(statusCodes)]atomic.Pointer[prometheus.Counter]
@@ -151,7 +151,7 @@ type regionMetrics struct {
 
 func newRegionMetrics(name string) *regionMetrics {
 	m := &regionMetrics{name: name, rejections: metrics.rejections.WithLabelValues(name),
-		hubs: metrics.hubs.WithLabelValues(name), fannedOut: metrics.fannedOut.WithLabelValues(name)}
+		hubs: metrics.hubs.WithLabelValues(name)}
 	for o := op(0); o < opCount; o++ {
 		m.duration[o] = metrics.duration.WithLabelValues(name, o.String())
 	}

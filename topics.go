@@ -143,7 +143,7 @@ func (h *Handler) longPoll(w http.ResponseWriter, r *http.Request, hb *hub, cur 
 		case final != nil:
 			return final.write(w)
 		case wait == nil:
-			return writeJSON200(w, ans.appendJSON(nil))
+			return writeJSON200(w, ans.json())
 		}
 		// Nothing to give yet. If the region is down until after this
 		// poll would end, say so now; otherwise the hub keeps trying.
@@ -209,8 +209,7 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, hb *hub, cur cu
 			_ = rc.Flush()
 			return http.StatusOK
 		case wait == nil:
-			buf = ans.appendEvents(buf[:0])
-			if _, err := w.Write(buf); err != nil || rc.Flush() != nil {
+			if _, err := w.Write(ans.events()); err != nil || rc.Flush() != nil {
 				return http.StatusOK // the client went away
 			}
 			cur = ans.after(cur)
