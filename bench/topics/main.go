@@ -160,8 +160,8 @@ func subscribeLongPoll(ctx context.Context, c *http.Client, url string, want int
 		var ans struct {
 			Items []struct {
 				Item *struct {
-					Seq   uint64 `json:"topic_sequence_number"`
-					Page  uint64 `json:"sequence_page"`
+					Seq   uint64                `json:"topic_sequence_number"`
+					Page  uint64                `json:"sequence_page"`
 					Value struct{ Text string } `json:"value"`
 				} `json:"item"`
 				Discontinuity *struct {
