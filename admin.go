@@ -60,6 +60,14 @@ type RegionStatus struct {
 	// First 8 hex digits of the token's SHA-256: tells tokens apart without
 	// revealing them.
 	TokenFingerprint string `json:"token_fingerprint"`
+	// Topics with a hub: one upstream subscription shared by their
+	// subscribers.
+	TopicHubs int `json:"topic_hubs"`
+	// Subscriptions (long polls) open to the region: the hubs', and with the
+	// hub off, the clients' own.
+	Subscriptions int64 `json:"subscriptions"`
+	// Clients waiting on the region's topic hubs now.
+	TopicWaiters int `json:"topic_waiters"`
 }
 
 // BreakerCounts are a breaker's counts.
@@ -86,7 +94,9 @@ func statusOf(rg *region) RegionStatus {
 			Failures: c.TotalFailures, ConsecutiveFailures: c.ConsecutiveFailures},
 		TokenKind:        rg.token.Kind(),
 		TokenFingerprint: rg.token.Fingerprint(),
+		Subscriptions:    rg.state.subscriptions.Load(),
 	}
+	rs.TopicHubs, rs.TopicWaiters = rg.state.hubs.counts()
 	if st == gobreaker.StateOpen {
 		rs.RetryAfterSeconds = retryAfterSeconds(b.retryAfter(time.Now()))
 	}

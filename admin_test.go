@@ -97,7 +97,7 @@ func (og *opsGateway) adminGet(t *testing.T, path string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != 200 {
-		t.Fatalf("GET %s: %d %s", path, resp.StatusCode, b)
+		t.Fatalf("GET %s: %d %q", path, resp.StatusCode, b)
 	}
 	return string(b)
 }

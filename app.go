@@ -3,6 +3,7 @@ package momento
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -42,6 +43,10 @@ type App struct {
 	// browsers may share one address behind a NAT.
 	MaxWaitingPerClient int `json:"max_waiting_per_client,omitempty"`
 
+	// How topic subscribers are served: the shared upstream subscription
+	// per topic (the hub), its buffer, Server-Sent Events.
+	Topics *TopicsConfig `json:"topics,omitempty"`
+
 	logger *zap.Logger
 	// defined holds the regions defined so far in this config.
 	defined *definedRegions
@@ -55,6 +60,14 @@ func (a *App) limits() waitLimits {
 		return waitLimits{maxWaiting: defaultMaxWaiting}
 	}
 	return waitLimits{maxWaiting: cmp.Or(a.MaxWaiting, defaultMaxWaiting), maxPerClient: a.MaxWaitingPerClient}
+}
+
+// topics are the app's topic settings, with defaults.
+func (a *App) topics() topicSettings {
+	if a == nil {
+		return (*TopicsConfig)(nil).settings()
+	}
+	return a.Topics.settings()
 }
 
 // definedRegions are a config's regions by name, each with the definition
@@ -102,6 +115,9 @@ func (a *App) Validate() error {
 	}
 	if a.MaxWaitingPerClient < 0 {
 		return fieldErrorf("max_waiting_per_client", "max_waiting_per_client %d must be positive", a.MaxWaitingPerClient)
+	}
+	if err := a.Topics.validate(); err != nil {
+		return err
 	}
 	return validateRegions(a.Regions, "regions", nil, true)
 }
@@ -214,15 +230,27 @@ var regionStates = caddy.NewUsagePool()
 
 // regionState is the part of a region that outlives one config.
 type regionState struct {
-	// subscriptions counts the upstream long polls open at once.
+	// subscriptions counts the upstream long polls open at once: the hubs,
+	// and the clients' own with the hub off.
 	subscriptions atomic.Int64
-	breaker       *breaker
-	transport     *http.Transport
-	longPoll      *http.Transport // subscribes
+	// hubs are the region's topic hubs, and fannedOut counts the messages
+	// they handed to subscribers.
+	hubs      regionHubs
+	fannedOut atomic.Int64
+	breaker   *breaker
+	transport *http.Transport
+	longPoll  *http.Transport // subscribes
 }
 
-// Destruct closes idle upstream connections once no config uses the region.
+// Destruct ends the region's topic hubs and closes its idle upstream
+// connections once no config uses the region.
 func (s *regionState) Destruct() error {
+	s.hubs.mu.Lock()
+	hubs := slices.Collect(maps.Values(s.hubs.byKey))
+	s.hubs.mu.Unlock()
+	for _, hb := range hubs {
+		hb.remove()
+	}
 	s.transport.CloseIdleConnections()
 	s.longPoll.CloseIdleConnections()
 	return nil

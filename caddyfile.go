@@ -53,6 +53,13 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			}
 //			max_waiting <n>
 //			max_waiting_per_client <n>
+//			topics {
+//				hub on|off
+//				buffer <messages>
+//				buffer_size <size>
+//				linger <duration>
+//				heartbeat <duration>
+//			}
 //		}
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
@@ -78,8 +85,16 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 			if err := b.countArg("max_waiting_per_client", &app.MaxWaitingPerClient); err != nil {
 				return nil, err
 			}
+		case "topics":
+			if err := b.once("topics"); err != nil {
+				return nil, err
+			}
+			app.Topics = new(TopicsConfig)
+			if err := b.topics(app.Topics); err != nil {
+				return nil, err
+			}
 		default:
-			return nil, d.Errf("unknown subdirective %q in the global momento options (expected region, max_waiting or max_waiting_per_client)", d.Val())
+			return nil, d.Errf("unknown subdirective %q in the global momento options (expected region, max_waiting, max_waiting_per_client or topics)", d.Val())
 		}
 	}
 	if err := b.explain(app.Validate()); err != nil {
@@ -410,6 +425,34 @@ func (b *block) breaker(field string, c *BreakerConfig) error {
 			}
 		default:
 			return d.Errf("unknown subdirective %q in breaker (expected failures, failure_ratio, min_requests, window, open_for or half_open_requests)", name)
+		}
+	}
+	return nil
+}
+
+func (b *block) topics(c *TopicsConfig) error {
+	d := b.d
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch name := d.Val(); name {
+		case "hub":
+			err = b.stringArg("topics.hub", &c.Hub)
+		case "buffer":
+			err = b.countArg("topics.buffer", &c.Buffer)
+		case "buffer_size":
+			err = b.sizeArg("topics.buffer_size", &c.BufferSize, 1<<30, "1MiB or 65536")
+		case "linger":
+			err = b.durationArg("topics.linger", &c.Linger)
+		case "heartbeat":
+			err = b.durationArg("topics.heartbeat", &c.Heartbeat)
+		default:
+			return d.Errf("unknown subdirective %q in topics (expected hub, buffer, buffer_size, linger or heartbeat)", name)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	return nil

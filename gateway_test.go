@@ -422,10 +422,16 @@ func TestClientDisconnectCountsAsNeither(t *testing.T) {
 // pooledBreaker finds the breaker that a region's requests go through.
 func pooledBreaker(t *testing.T, name, endpoint string) *breaker {
 	t.Helper()
-	var found *breaker
+	return pooledRegionState(t, name, endpoint).breaker
+}
+
+// pooledRegionState finds a region's state kept across reloads.
+func pooledRegionState(t *testing.T, name, endpoint string) *regionState {
+	t.Helper()
+	var found *regionState
 	regionStates.Range(func(k, v any) bool {
 		if k == name+" "+endpoint {
-			found = v.(*regionState).breaker
+			found = v.(*regionState)
 			return false
 		}
 		return true

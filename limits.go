@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Defaults of the limits that keep one client from using up the account
@@ -34,19 +35,25 @@ var waiters struct {
 // back.
 type waitSlot struct {
 	client string
-	region *regionState
+	gauge  prometheus.Gauge
 }
 
+// Kinds of waiting clients, as the metrics name them.
+const (
+	waitLongPoll = "long_poll"
+	waitSSE      = "sse"
+)
+
 // admitWaiter takes a place for a client that is about to wait on a topic
-// of rg (a long poll), or refuses it with 429, naming the limit, before
-// anything is sent to the region.
-func (a *App) admitWaiter(r *http.Request, rg *region) (*waitSlot, *refusal) {
+// (a long poll or an event stream), or refuses it with 429, naming the
+// limit, before anything is sent to the region.
+func (a *App) admitWaiter(r *http.Request, kind string) (*waitSlot, *refusal) {
 	limits := a.limits()
 	if n := waiters.total.Add(1); n > int64(limits.maxWaiting) {
 		waiters.total.Add(-1)
 		return nil, tooMany(fmt.Sprintf("this gateway has its max_waiting (%d) clients waiting on topics", limits.maxWaiting))
 	}
-	slot := &waitSlot{}
+	slot := &waitSlot{gauge: metrics.waiting.WithLabelValues(kind)}
 	if limits.maxPerClient > 0 {
 		slot.client, _ = caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 		waiters.mu.Lock()
@@ -61,20 +68,12 @@ func (a *App) admitWaiter(r *http.Request, rg *region) (*waitSlot, *refusal) {
 		waiters.byClient[slot.client]++
 		waiters.mu.Unlock()
 	}
-	if n := rg.state.subscriptions.Add(1); n > int64(rg.maxSubscriptions) {
-		rg.state.subscriptions.Add(-1)
-		slot.release()
-		return nil, tooMany(fmt.Sprintf("region %s has its max_subscriptions (%d) subscriptions open", rg.name, rg.maxSubscriptions))
-	}
-	slot.region = rg.state
+	slot.gauge.Inc()
 	return slot, nil
 }
 
 // release gives the slot's places back.
 func (s *waitSlot) release() {
-	if s.region != nil {
-		s.region.subscriptions.Add(-1)
-	}
 	if s.client != "" {
 		waiters.mu.Lock()
 		if waiters.byClient[s.client]--; waiters.byClient[s.client] <= 0 {
@@ -82,7 +81,22 @@ func (s *waitSlot) release() {
 		}
 		waiters.mu.Unlock()
 	}
+	s.gauge.Dec()
 	waiters.total.Add(-1)
+}
+
+// openSubscription takes one of the region's max_subscriptions for a long
+// poll forwarded as it is (the hub off); release gives it back.
+func openSubscription(rg *region) (release func(), rf *refusal) {
+	if n := rg.state.subscriptions.Add(1); n > int64(rg.maxSubscriptions) {
+		rg.state.subscriptions.Add(-1)
+		return nil, tooManySubscriptions(rg)
+	}
+	return func() { rg.state.subscriptions.Add(-1) }, nil
+}
+
+func tooManySubscriptions(rg *region) *refusal {
+	return tooMany(fmt.Sprintf("region %s has its max_subscriptions (%d) subscriptions open", rg.name, rg.maxSubscriptions))
 }
 
 func tooMany(msg string) *refusal {

@@ -22,6 +22,8 @@ var metrics = struct {
 	duration    *prometheus.HistogramVec
 	rejections  *prometheus.CounterVec
 	transitions *prometheus.CounterVec
+	hubs        *prometheus.GaugeVec
+	waiting     *prometheus.GaugeVec
 }{
 	requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "momento", Name: "requests_total",
@@ -40,6 +42,14 @@ var metrics = struct {
 		Namespace: "caddy", Subsystem: "momento", Name: "breaker_transitions_total",
 		Help: "Circuit breaker state changes per region, by the state entered.",
 	}, []string{"region", "to"}),
+	hubs: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "momento", Name: "topic_hubs",
+		Help: "Topic hubs per region: topics with one upstream subscription shared by their subscribers.",
+	}, []string{"region"}),
+	waiting: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "momento", Name: "topic_waiting_clients",
+		Help: "Clients waiting on topics, by kind: long_poll or sse.",
+	}, []string{"kind"}),
 }
 
 // registerMetrics adds the collectors to a config's registry, tolerating
@@ -48,7 +58,8 @@ func registerMetrics(reg prometheus.Registerer, app *App) error {
 	if reg == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{metrics.requests, metrics.duration, breakerStates{app}, metrics.rejections, metrics.transitions} {
+	for _, c := range []prometheus.Collector{metrics.requests, metrics.duration, regionGauges{app}, metrics.rejections, metrics.transitions,
+		metrics.hubs, metrics.waiting} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {
@@ -89,23 +100,40 @@ func stateValue(s gobreaker.State) float64 {
 	return 0
 }
 
-// breakerStates reports the breaker state of each region of a config when
-// scraped. A gauge set on transitions would go stale: gobreaker moves from
-// open to half-open lazily, on the next request.
-type breakerStates struct{ app *App }
+// regionGauges reports, when scraped, the breaker state and the open
+// upstream subscriptions of each region of a config. A gauge set on
+// transitions would go stale: gobreaker moves from open to half-open
+// lazily, on the next request.
+type regionGauges struct{ app *App }
 
-var breakerStateDesc = prometheus.NewDesc(
-	"caddy_momento_breaker_state",
-	"Circuit breaker state per region: 0 closed, 1 half-open, 2 open.",
-	[]string{"region"}, nil)
+var (
+	breakerStateDesc = prometheus.NewDesc(
+		"caddy_momento_breaker_state",
+		"Circuit breaker state per region: 0 closed, 1 half-open, 2 open.",
+		[]string{"region"}, nil)
+	subscriptionsDesc = prometheus.NewDesc(
+		"caddy_momento_upstream_subscriptions",
+		"Subscriptions (long polls) open to each region: one per topic hub, or one per waiting client with the hub off.",
+		[]string{"region"}, nil)
+	fannedOutDesc = prometheus.NewDesc(
+		"caddy_momento_topic_messages_fanned_out_total",
+		"Topic messages handed to subscribers by the hubs, per region (one message to N subscribers counts N).",
+		[]string{"region"}, nil)
+)
 
 // Describe implements prometheus.Collector.
-func (c breakerStates) Describe(ch chan<- *prometheus.Desc) { ch <- breakerStateDesc }
+func (c regionGauges) Describe(ch chan<- *prometheus.Desc) {
+	ch <- breakerStateDesc
+	ch <- subscriptionsDesc
+	ch <- fannedOutDesc
+}
 
 // Collect implements prometheus.Collector.
-func (c breakerStates) Collect(ch chan<- prometheus.Metric) {
+func (c regionGauges) Collect(ch chan<- prometheus.Metric) {
 	for _, rg := range c.app.regions() {
 		ch <- prometheus.MustNewConstMetric(breakerStateDesc, prometheus.GaugeValue, stateValue(rg.state.breaker.state()), rg.name)
+		ch <- prometheus.MustNewConstMetric(subscriptionsDesc, prometheus.GaugeValue, float64(rg.state.subscriptions.Load()), rg.name)
+		ch <- prometheus.MustNewConstMetric(fannedOutDesc, prometheus.CounterValue, float64(rg.state.fannedOut.Load()), rg.name)
 	}
 }
 
@@ -115,13 +143,15 @@ type regionMetrics struct {
 	name       string
 	duration   [opCount]prometheus.Observer
 	rejections prometheus.Counter
+	hubs       prometheus.Gauge
 	// requests[op][status] is filled on first use: most (op, status) pairs
 	// never occur.
 	requests [opCount][len(statusCodes)]atomic.Pointer[prometheus.Counter]
 }
 
 func newRegionMetrics(name string) *regionMetrics {
-	m := &regionMetrics{name: name, rejections: metrics.rejections.WithLabelValues(name)}
+	m := &regionMetrics{name: name, rejections: metrics.rejections.WithLabelValues(name),
+		hubs: metrics.hubs.WithLabelValues(name)}
 	for o := op(0); o < opCount; o++ {
 		m.duration[o] = metrics.duration.WithLabelValues(name, o.String())
 	}

@@ -278,6 +278,14 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call) (status
 	if h.RegionHeader != "" {
 		w.Header().Set(h.RegionHeader, c.region.name)
 	}
+	if c.op == opSubscribe {
+		switch {
+		case !h.app.topics().hubOff:
+			return h.subscribe(w, r, c), false
+		case wantsEventStream(r):
+			return refuse(http.StatusNotAcceptable, "Server-Sent Events need the topic hub, which is off here (topics { hub off }): long-poll this topic instead").write(w), false
+		}
+	}
 	return h.proxy(w, r, c)
 }
 

@@ -63,11 +63,17 @@ func newTransport() *http.Transport {
 func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status int, cutOff bool) {
 	rg := c.region
 	if c.op == opSubscribe {
-		slot, rf := h.app.admitWaiter(r, rg)
+		// A long poll forwarded as it is (the topic hub off).
+		slot, rf := h.app.admitWaiter(r, waitLongPoll)
 		if rf != nil {
 			return rf.write(w), false
 		}
 		defer slot.release()
+		release, rf := openSubscription(rg)
+		if rf != nil {
+			return rf.write(w), false
+		}
+		defer release()
 	}
 	var done func(error)
 	var wait time.Duration

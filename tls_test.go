@@ -125,11 +125,21 @@ func TestOverHTTPSWithEachProtocol(t *testing.T) {
 				}
 				got <- msgs
 			}()
-			waitFor(t, func() bool { return up.hits.Load() == polls+1 }) // the poll waits at the region
+			waitFor(t, func() bool { return up.hits.Load() == polls+1 }) // the hub waits at the region
 			expect(t, g.publish("/topics/c/live", "text/plain", "hello over "+proto), http.StatusNoContent, "")
 			if msgs := <-got; len(msgs) != 1 || msgs[0].value != "hello over "+proto {
 				t.Fatalf("long poll got %+v", msgs)
 			}
+
+			// An event stream, as EventSource opens it.
+			es := openEvents(t, context.Background(), g, "/topics/c/events", "")
+			waitFor(t, func() bool { return int(waiters.total.Load()) == 1 })
+			expect(t, g.publish("/topics/c/events", "text/plain", "streamed over "+proto), http.StatusNoContent, "")
+			if ev := es.next(t); ev.event != "text" || ev.data != "streamed over "+proto {
+				t.Fatalf("event %+v", ev)
+			}
+			es.close()
+			waitFor(t, func() bool { return int(waiters.total.Load()) == 0 })
 
 			// The breaker opens, and says when to come back.
 			expect(t, g.get("/cache/failing-1?key=k"), http.StatusInternalServerError, "")

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"runtime"
 	"strings"
@@ -243,14 +244,18 @@ func TestLongPollsDoNotTripTheBreaker(t *testing.T) {
 	expect(t, g.put("/cache/c?key=k&ttl_seconds=5", "v"), http.StatusNoContent, "")
 }
 
-func TestSubscriberDisconnectFreesUpstreamCall(t *testing.T) {
+// When the last subscriber of a topic leaves, its hub ends after the
+// linger, and with it the upstream subscription, which is counted as
+// neither success nor failure; a subscriber that comes back within the
+// linger finds the hub still there.
+func TestHubEndsAfterTheLastSubscriberLeaves(t *testing.T) {
 	lh, err := momentolocal.New(momentolocal.Handler{Token: "t"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = lh.Close() })
-	waiting := make(chan struct{}, 1)
-	ended := make(chan struct{}, 1)
+	waiting := make(chan struct{}, 4)
+	ended := make(chan struct{}, 4)
 	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/topics/") {
 			waiting <- struct{}{}
@@ -258,26 +263,36 @@ func TestSubscriberDisconnectFreesUpstreamCall(t *testing.T) {
 		}
 		lh.HTTPHandler().ServeHTTP(w, r)
 	}))
-	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\tbreaker {\n\t\t\tfailures 1\n\t\t}\n\t}")
-	baseline := runtime.NumGoroutine()
-
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		_, err := (&subscriber{g: g, path: "/topics/c/t"}).poll(ctx)
-		done <- err
-	}()
-	<-waiting
-	cancel()
-	<-done
-	<-ended // the upstream long poll ended as soon as the client left
-
-	b := pooledBreaker(t, "r", up.URL)
-	if c := b.counts(); c.Requests != 0 || b.state() != gobreaker.StateClosed {
-		t.Fatalf("a departed subscriber was counted: %+v", c)
+	g := runCaddyfile(t, func(port int, logPath string) string {
+		return strings.Replace(globalOptions("off", logPath), "{\n", "{\n\tmomento {\n\t\ttopics {\n\t\t\tlinger 300ms\n\t\t}\n\t}\n", 1) +
+			fmt.Sprintf(":%d {\n\tbind 127.0.0.1\n\tmomento {\n%s\t\tbreaker {\n\t\t\tfailures 1\n\t\t}\n\t}\n}\n", port, regionBlock("r", up.URL, "t"))
+	})
+	subscribe := func() (leave func()) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_, _ = (&subscriber{g: g, path: "/topics/c/t"}).poll(ctx)
+		}()
+		return func() { cancel(); <-done }
 	}
-	g.client.CloseIdleConnections()
-	waitFor(t, func() bool { return runtime.NumGoroutine() <= baseline })
+
+	leave := subscribe()
+	<-waiting // the hub's upstream subscription
+	leave()
+	leave = subscribe() // within the linger: the same hub
+	leave()
+	<-ended // after the linger, the hub ends its upstream subscription
+	if n := up.hits.Load(); n != 1 {
+		t.Fatalf("the region saw %d subscriptions, want 1", n)
+	}
+	b := pooledBreaker(t, "r", up.URL)
+	if c := b.counts(); c.TotalFailures != 0 || b.state() != gobreaker.StateClosed {
+		t.Fatalf("the hub's end was counted against the region: %+v", c)
+	}
+	if n := pooledRegionState(t, "r", up.URL).subscriptions.Load(); n != 0 {
+		t.Fatalf("%d upstream subscriptions still counted", n)
+	}
 }
 
 func TestTopicPolicyAndPrefix(t *testing.T) {
@@ -296,69 +311,79 @@ func TestTopicPolicyAndPrefix(t *testing.T) {
 	}
 }
 
+// The hub's failing polls count against the region, and its waiters hear
+// of it only when the region is down past their wait: until then the hub
+// retries and they keep waiting.
 func TestSubscribeFailuresCount(t *testing.T) {
 	refused := refusedURL(t)
-	g := startGateway(t, "\tmomento {\n"+regionBlock("r", refused, "t")+"\t\tbreaker {\n\t\t\tfailures 2\n\t\t}\n\t}")
-	expect(t, g.get("/topics/c/t"), http.StatusBadGateway, "could not be reached")
-	expect(t, g.get("/topics/c/t"), http.StatusBadGateway, "could not be reached")
-	expect(t, g.get("/topics/c/t"), http.StatusServiceUnavailable, "circuit breaker is open")
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", refused, "t")+"\t\tsubscribe_timeout 30s\n\t\tbreaker {\n\t\t\tfailures 2\n\t\t\topen_for 1m\n\t\t}\n\t}")
+	r := g.get("/topics/c/t")
+	expect(t, r, http.StatusServiceUnavailable, "circuit breaker is open")
+	if ra := r.header.Get("Retry-After"); ra != "60" && ra != "59" {
+		t.Errorf("Retry-After %q", ra)
+	}
+	if c := pooledBreaker(t, "r", refused).counts(); c.ConsecutiveFailures != 0 || pooledBreaker(t, "r", refused).state() != gobreaker.StateOpen {
+		t.Fatalf("the hub's failures did not open the breaker: %+v", c)
+	}
+	// While it is open, a new subscriber is told at once.
+	expect(t, g.get("/topics/c/other"), http.StatusServiceUnavailable, "circuit breaker is open")
 }
 
-// TestIdleSubscriberCost measures what a waiting subscriber costs the
-// gateway: the same number of long polls, once straight to the backend and
-// once through the gateway; the difference is the gateway's share. It
-// reports the figures and holds the goroutine count (a count, not a time).
+// TestIdleSubscriberCost measures what a client waiting on a topic costs
+// the gateway: n raw connections (no goroutine of the test's per client)
+// each send a long poll for one topic and wait. It reports goroutines,
+// heap and stack per waiter, and holds the goroutine count: the request's
+// own and net/http's background read, no goroutine of the gateway's own
+// (a count, not a time). The hub's upstream poll is one for all.
 func TestIdleSubscriberCost(t *testing.T) {
-	const n = 200
+	const n = 300
 	lh, err := momentolocal.New(momentolocal.Handler{Token: "t"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = lh.Close() })
 	up := newUpstream(t, lh.HTTPHandler())
-	g := startGateway(t, fmt.Sprintf("\tmomento {\n\t\tregion idle {\n\t\t\tendpoint %s\n\t\t\ttoken t\n\t\t\tmax_subscriptions %d\n\t\t}\n\t}", up.URL, n))
+	g := startGateway(t, "\tmomento {\n"+regionBlock("idle", up.URL, "t")+"\t}")
+	// Start the hub, so its upstream poll is in the baseline.
+	first := make(chan struct{})
+	go func() {
+		defer close(first)
+		_, _ = (&subscriber{g: g, path: "/topics/idle/t"}).poll(context.Background())
+	}()
+	waitFor(t, func() bool { return up.hits.Load() == 1 })
 
-	measure := func(base string, header http.Header) (goroutines, heap float64) {
-		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: n}}
-		defer client.CloseIdleConnections()
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		g0, h0 := runtime.NumGoroutine(), ms.HeapAlloc
-		hits0 := up.hits.Load()
-
-		ctx, cancel := context.WithCancel(context.Background())
-		var wg sync.WaitGroup
-		for i := 0; i < n; i++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/topics/idle/t%d", base, i), nil)
-				req.Header = header.Clone()
-				if resp, err := client.Do(req); err == nil {
-					resp.Body.Close()
-				}
-			}()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	g0, mem0 := runtime.NumGoroutine(), ms.HeapAlloc+ms.StackInuse
+	conns := make([]net.Conn, 0, n)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
 		}
-		// Every long poll has reached the backend and waits there.
-		waitFor(t, func() bool { return up.hits.Load()-hits0 == n })
-		runtime.GC()
-		runtime.ReadMemStats(&ms)
-		goroutines = float64(runtime.NumGoroutine()-g0) / n
-		heap = float64(int64(ms.HeapAlloc)-int64(h0)) / n
-		cancel()
-		wg.Wait()
-		return goroutines, heap
+	}()
+	for range n {
+		c, err := net.Dial("tcp", strings.TrimPrefix(g.base, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(c, "GET /topics/idle/t HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
 	}
-	directG, directH := measure(up.URL, http.Header{"Authorization": {"t"}})
-	viaG, viaH := measure(g.base, http.Header{})
-	gwG, gwH := viaG-directG, viaH-directH
-	t.Logf("per waiting subscriber: gateway adds %.1f goroutines and %.1f KiB of heap (direct: %.1f goroutines, %.1f KiB; through the gateway: %.1f, %.1f KiB)",
-		gwG, gwH/1024, directG, directH/1024, viaG, viaH/1024)
-	// The gateway's share is what net/http needs for two connections: the
-	// client's (the connection and its background read) and the pooled
-	// upstream one (read and write loops). No goroutine of the gateway's own.
-	if gwG > 4.5 {
-		t.Errorf("a waiting subscriber costs the gateway %.1f goroutines, want 4", gwG)
+	waitFor(t, func() bool { return int(waiters.total.Load()) >= n+1 })
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	perG := float64(runtime.NumGoroutine()-g0) / n
+	perMem := float64(int64(ms.HeapAlloc+ms.StackInuse)-int64(mem0)) / n
+	t.Logf("per waiting subscriber on one topic: %.2f goroutines, %.1f KiB of heap and stack; the region saw %d subscription(s)", perG, perMem/1024, up.hits.Load())
+	if perG > 2.2 {
+		t.Errorf("a waiting subscriber costs the gateway %.2f goroutines, want at most 2", perG)
 	}
+	if up.hits.Load() != 1 {
+		t.Errorf("%d subscribers of one topic opened %d upstream subscriptions, want 1", n+1, up.hits.Load())
+	}
+	expect(t, g.publish("/topics/idle/t", "text/plain", "wake up"), http.StatusNoContent, "")
+	<-first
 }

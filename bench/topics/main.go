@@ -1,0 +1,270 @@
+// Command topics measures topic fan-out through the gateway: N subscribers
+// (long polls or Server-Sent Events) on one topic, a message published
+// every interval, against a region that enforces Momento's limits (the
+// embedded backend with max_subscriptions 100 and 10 ms of latency, see
+// bench/topics.Caddyfile). It reports whether every subscriber received
+// every message, the publish-to-receipt latency, the answers other than
+// 200, the most upstream subscriptions the gateway held at once, and the
+// gateway's memory and goroutines per waiting subscriber.
+//
+// Run it through bench/topics.sh, which starts the gateway.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+func main() {
+	gateway := flag.String("gateway", "http://127.0.0.1:18480", "the gateway's base URL")
+	admin := flag.String("admin", "http://127.0.0.1:18489", "the gateway's admin API")
+	pid := flag.Int("pid", 0, "the gateway's process id, for its memory")
+	n := flag.Int("n", 1000, "subscribers")
+	mode := flag.String("mode", "longpoll", "longpoll or sse")
+	messages := flag.Int("messages", 20, "messages to publish")
+	interval := flag.Duration("interval", 250*time.Millisecond, "time between publishes")
+	label := flag.String("label", "", "a label for the result line")
+	flag.Parse()
+
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: *n + 10, MaxConnsPerHost: 0, DisableCompression: true}}
+	topic := fmt.Sprintf("/topics/bench/t%d", time.Now().UnixNano())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	var latencies = make([][]time.Duration, *n)
+	var statuses sync.Map // int -> *atomic.Int64
+	count := func(status int) {
+		v, _ := statuses.LoadOrStore(status, new(atomic.Int64))
+		v.(*atomic.Int64).Add(1)
+	}
+	var ready sync.WaitGroup
+	var done sync.WaitGroup
+	sent := make([]time.Time, *messages)
+	var sentMu sync.RWMutex
+	sentAt := func(i int) time.Time { sentMu.RLock(); defer sentMu.RUnlock(); return sent[i] }
+	record := func(s int, text string) {
+		i, err := strconv.Atoi(text)
+		if err != nil || i < 0 || i >= *messages {
+			return
+		}
+		latencies[s] = append(latencies[s], time.Since(sentAt(i)))
+	}
+
+	before := gatewayFigures(*admin, *pid)
+	for s := range *n {
+		ready.Add(1)
+		done.Add(1)
+		go func() {
+			defer done.Done()
+			if *mode == "sse" {
+				subscribeSSE(ctx, client, *gateway+topic, *messages, &ready, count, func(t string) { record(s, t) })
+			} else {
+				subscribeLongPoll(ctx, client, *gateway+topic, *messages, &ready, count, func(t string) { record(s, t) })
+			}
+		}()
+	}
+	ready.Wait()
+	// Let every subscriber be waiting at the gateway before measuring.
+	time.Sleep(2 * time.Second)
+	waiting := gatewayFigures(*admin, *pid)
+
+	for i := range *messages {
+		sentMu.Lock()
+		sent[i] = time.Now()
+		sentMu.Unlock()
+		resp, err := client.Post(*gateway+topic, "text/plain", strings.NewReader(strconv.Itoa(i)))
+		if err != nil {
+			log.Fatalf("publish: %v", err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 204 {
+			log.Printf("publish %d: %d", i, resp.StatusCode)
+		}
+		time.Sleep(*interval)
+	}
+	finished := make(chan struct{})
+	go func() { done.Wait(); close(finished) }()
+	select {
+	case <-finished:
+	case <-time.After(30 * time.Second):
+	}
+	cancel()
+	most := gatewayFigures(*admin, *pid).mostSubscriptions
+
+	var all []time.Duration
+	complete := 0
+	for _, l := range latencies {
+		all = append(all, l...)
+		if len(l) == *messages {
+			complete++
+		}
+	}
+	slices.Sort(all)
+	pct := func(p float64) time.Duration {
+		if len(all) == 0 {
+			return 0
+		}
+		return all[min(len(all)-1, int(float64(len(all))*p))]
+	}
+	var other []string
+	statuses.Range(func(k, v any) bool {
+		if k.(int) != 200 {
+			other = append(other, fmt.Sprintf("%d×%d", k, v.(*atomic.Int64).Load()))
+		}
+		return true
+	})
+	perWaiterRSS := float64(waiting.rssKiB-before.rssKiB) / float64(*n)
+	perWaiterG := float64(waiting.goroutines-before.goroutines) / float64(*n)
+	fmt.Printf("%s\tmode=%s\tn=%d\tmessages=%d\tcomplete=%d/%d\tdelivered=%d/%d\tp50=%s\tp99=%s\tmax=%s\tnon200=%s\tupstream_subscriptions_max=%d\trss_per_waiter=%.1fKiB\tgoroutines_per_waiter=%.2f\n",
+		*label, *mode, *n, *messages, complete, *n, len(all), *n**messages, pct(0.5).Round(time.Millisecond), pct(0.99).Round(time.Millisecond),
+		pct(1).Round(time.Millisecond), strings.Join(other, ",")+"-", most, perWaiterRSS, perWaiterG)
+}
+
+// subscribeLongPoll follows the topic with Momento's long polls.
+func subscribeLongPoll(ctx context.Context, c *http.Client, url string, want int, ready *sync.WaitGroup, count func(int), got func(string)) {
+	var seq, page uint64
+	first := true
+	received := 0
+	for received < want && ctx.Err() == nil {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s?sequence_number=%d&sequence_page=%d", url, seq, page), nil)
+		if first {
+			ready.Done()
+			first = false
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			return
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		count(resp.StatusCode)
+		if resp.StatusCode != 200 {
+			time.Sleep(time.Second)
+			continue
+		}
+		var ans struct {
+			Items []struct {
+				Item *struct {
+					Seq   uint64                `json:"topic_sequence_number"`
+					Page  uint64                `json:"sequence_page"`
+					Value struct{ Text string } `json:"value"`
+				} `json:"item"`
+				Discontinuity *struct {
+					New  uint64 `json:"new_topic_sequence"`
+					Page uint64 `json:"new_sequence_page"`
+				} `json:"discontinuity"`
+			} `json:"items"`
+		}
+		if json.Unmarshal(body, &ans) != nil {
+			continue
+		}
+		for _, it := range ans.Items {
+			switch {
+			case it.Item != nil:
+				got(it.Item.Value.Text)
+				received++
+				seq, page = it.Item.Seq+1, it.Item.Page
+			case it.Discontinuity != nil:
+				seq, page = it.Discontinuity.New, it.Discontinuity.Page
+			}
+		}
+	}
+}
+
+// subscribeSSE follows the topic as Server-Sent Events.
+func subscribeSSE(ctx context.Context, c *http.Client, url string, want int, ready *sync.WaitGroup, count func(int), got func(string)) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	req.Header.Set("Accept", "text/event-stream")
+	ready.Done()
+	resp, err := c.Do(req)
+	if err != nil {
+		return
+	}
+	defer resp.Body.Close()
+	count(resp.StatusCode)
+	if resp.StatusCode != 200 {
+		return
+	}
+	br := bufio.NewReader(resp.Body)
+	received := 0
+	for received < want {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return
+		}
+		if data, ok := strings.CutPrefix(strings.TrimSuffix(line, "\n"), "data: "); ok && !strings.HasPrefix(data, "{") {
+			got(data)
+			received++
+		}
+	}
+}
+
+type figures struct {
+	rssKiB, goroutines int
+	mostSubscriptions  int
+}
+
+var goroutinesRe = regexp.MustCompile(`(?m)^go_goroutines (\d+)`)
+
+// gatewayFigures reads the gateway's RSS, goroutines and open upstream
+// subscriptions (the most seen by this process, polled since start).
+func gatewayFigures(admin string, pid int) figures {
+	var f figures
+	if pid > 0 {
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+			if m := regexp.MustCompile(`VmRSS:\s+(\d+) kB`).FindSubmatch(b); m != nil {
+				f.rssKiB, _ = strconv.Atoi(string(m[1]))
+			}
+		}
+	}
+	if resp, err := http.Get(admin + "/metrics"); err == nil {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if m := goroutinesRe.FindSubmatch(b); m != nil {
+			f.goroutines, _ = strconv.Atoi(string(m[1]))
+		}
+	}
+	f.mostSubscriptions = int(mostSubscriptions.Load())
+	return f
+}
+
+var mostSubscriptions atomic.Int64
+
+func init() {
+	// Watch the gateway's upstream subscriptions all along.
+	go func() {
+		admin := "http://127.0.0.1:18489"
+		for _, a := range os.Args {
+			if v, ok := strings.CutPrefix(a, "-admin="); ok {
+				admin = v
+			}
+		}
+		for {
+			if resp, err := http.Get(admin + "/momento/regions"); err == nil {
+				var regions []struct{ Subscriptions int64 }
+				_ = json.NewDecoder(resp.Body).Decode(&regions)
+				resp.Body.Close()
+				for _, r := range regions {
+					for m := mostSubscriptions.Load(); r.Subscriptions > m && !mostSubscriptions.CompareAndSwap(m, r.Subscriptions); m = mostSubscriptions.Load() {
+					}
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+}

@@ -1,0 +1,261 @@
+package momento
+
+import (
+	"cmp"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// TopicsConfig sets how the gateway serves topic subscribers: by default
+// every topic with waiting clients has one upstream subscription, a hub,
+// shared by all of them (long polls and Server-Sent Events alike).
+type TopicsConfig struct {
+	// "on" (default) shares one upstream subscription per topic among its
+	// subscribers; "off" forwards each long poll to the region as it is
+	// (and Server-Sent Events are then not offered).
+	Hub string `json:"hub,omitempty"`
+
+	// How many of a topic's latest messages its hub keeps, for subscribers
+	// that poll again or reconnect. Default: 256.
+	Buffer int `json:"buffer,omitempty"`
+
+	// How many bytes of messages a hub keeps at most (counted as the JSON
+	// subscribers receive). Default: 1 MiB.
+	BufferSize int64 `json:"buffer_size,omitempty"`
+
+	// How long a hub keeps its upstream subscription after its last
+	// subscriber left, so that one polling again finds it. Default: 10s.
+	Linger caddy.Duration `json:"linger,omitempty"`
+
+	// How often an idle event stream gets a comment line, so that proxies
+	// and browsers keep it open. Default: 15s.
+	Heartbeat caddy.Duration `json:"heartbeat,omitempty"`
+}
+
+// Topic defaults, as documented on TopicsConfig.
+const (
+	defaultTopicBuffer     = 256
+	defaultTopicBufferSize = 1 << 20
+	defaultTopicLinger     = 10 * time.Second
+	defaultHeartbeat       = 15 * time.Second
+)
+
+// topicSettings are a config's topic settings, with defaults.
+type topicSettings struct {
+	hubOff    bool
+	hub       hubSettings
+	heartbeat time.Duration
+}
+
+func (c *TopicsConfig) settings() topicSettings {
+	var v TopicsConfig
+	if c != nil {
+		v = *c
+	}
+	return topicSettings{
+		hubOff: v.Hub == "off",
+		hub: hubSettings{
+			buffer:     cmp.Or(v.Buffer, defaultTopicBuffer),
+			bufferSize: int(cmp.Or(v.BufferSize, defaultTopicBufferSize)),
+			linger:     cmp.Or(time.Duration(v.Linger), defaultTopicLinger),
+		},
+		heartbeat: cmp.Or(time.Duration(v.Heartbeat), defaultHeartbeat),
+	}
+}
+
+func (c *TopicsConfig) validate() error {
+	if c == nil {
+		return nil
+	}
+	switch {
+	case c.Hub != "" && c.Hub != "on" && c.Hub != "off":
+		return fieldErrorf("topics.hub", "topics hub %q: use on or off", c.Hub)
+	case c.Buffer < 0:
+		return fieldErrorf("topics.buffer", "topics buffer %d must be positive", c.Buffer)
+	case c.BufferSize < 0:
+		return fieldErrorf("topics.buffer_size", "topics buffer_size %d must be positive", c.BufferSize)
+	case c.Linger < 0:
+		return fieldErrorf("topics.linger", "topics linger %s must be positive", time.Duration(c.Linger))
+	case c.Heartbeat < 0:
+		return fieldErrorf("topics.heartbeat", "topics heartbeat %s must be positive", time.Duration(c.Heartbeat))
+	}
+	return nil
+}
+
+// wantsEventStream reports a subscribe that asks for Server-Sent Events
+// (what EventSource sends).
+func wantsEventStream(r *http.Request) bool {
+	return strings.Contains(r.Header.Get("Accept"), "text/event-stream")
+}
+
+// subscribe serves a subscriber from the topic's hub: a long poll, or an
+// event stream. The subscriber waits without holding anything upstream of
+// its own, and without a goroutine of its own.
+func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request, c *call) int {
+	set := h.app.topics()
+	stream := wantsEventStream(r)
+	kind := waitLongPoll
+	if stream {
+		kind = waitSSE
+	}
+	slot, rf := h.app.admitWaiter(r, kind)
+	if rf != nil {
+		return rf.write(w)
+	}
+	defer slot.release()
+
+	cur := cursor{next: c.seqNumber, page: c.seqPage, given: c.hasSeqNumber}
+	if id := r.Header.Get("Last-Event-ID"); stream && id != "" {
+		// EventSource reconnecting: go on right after the last event.
+		page, seq, ok := parseEventID(id)
+		if !ok {
+			return refuse(http.StatusBadRequest, "Last-Event-ID "+strconv.Quote(id)+" is not an event id of this gateway (page-sequence)").write(w)
+		}
+		cur = cursor{next: seq + 1, page: page, given: true}
+	}
+	rg := c.region
+	hb, rf := rg.state.hubs.join(rg, hubKey{c.cache, c.topic}, cur, set.hub, h.logger)
+	if rf != nil {
+		return rf.write(w)
+	}
+	defer hb.leave()
+	if stream {
+		return h.stream(w, r, hb, cur, set.heartbeat)
+	}
+	return h.longPoll(w, r, hb, cur)
+}
+
+// longPoll answers as soon as the hub has something at or after the
+// cursor, or after subscribe_timeout with no items (the client polls
+// again), or with 503 when the region is down and nothing is buffered.
+func (h *Handler) longPoll(w http.ResponseWriter, r *http.Request, hb *hub, cur cursor) int {
+	end := time.Now().Add(h.subscribeTimeout)
+	deadline := time.NewTimer(h.subscribeTimeout)
+	defer deadline.Stop()
+	for {
+		ans, final, wait := hb.read(cur)
+		switch {
+		case final != nil:
+			return final.write(w)
+		case wait == nil:
+			return writeJSON200(w, ans.json())
+		}
+		// Nothing to give yet. If the region is down until after this
+		// poll would end, say so now; otherwise the hub keeps trying.
+		if retry, down := hb.regionDown(); down && time.Now().Add(retry).After(end) {
+			return hb.region.Load().unavailable(retry).write(w)
+		}
+		select {
+		case <-wait:
+		case <-deadline.C:
+			// Nothing came: an empty page, or the region is really gone.
+			if retry, down := hb.regionDown(); down {
+				return hb.region.Load().unavailable(retry).write(w)
+			}
+			return writeJSON200(w, []byte(`{"items":[]}`))
+		case <-r.Context().Done():
+			w.WriteHeader(499) // for the access log: the client went away
+			return 499
+		}
+	}
+}
+
+func writeJSON200(w http.ResponseWriter, body []byte) int {
+	hdr := w.Header()
+	hdr["Content-Type"] = jsonType
+	hdr["X-Content-Type-Options"] = noSniff
+	hdr["Content-Length"] = []string{strconv.Itoa(len(body))}
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body)
+	return http.StatusOK
+}
+
+// unavailable is the answer while the region's breaker is open.
+func (rg *region) unavailable(retry time.Duration) *refusal {
+	return &refusal{status: http.StatusServiceUnavailable, msg: rg.rejectMsg + strconv.FormatInt(retryAfterSeconds(retry), 10) + " s", retryAfter: retry}
+}
+
+// stream serves the topic as Server-Sent Events until the client leaves:
+// one event per message, with an id EventSource sends back when it
+// reconnects, a discontinuity event when messages were lost, and a comment
+// line every heartbeat while the topic is quiet.
+func (h *Handler) stream(w http.ResponseWriter, r *http.Request, hb *hub, cur cursor, heartbeat time.Duration) int {
+	hdr := w.Header()
+	hdr["Content-Type"] = []string{"text/event-stream"}
+	hdr["X-Content-Type-Options"] = noSniff
+	hdr.Set("Cache-Control", "no-cache")
+	hdr.Set("X-Accel-Buffering", "no") // proxies in front: do not buffer the stream
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	if rc.Flush() != nil {
+		return http.StatusOK
+	}
+	beat := time.NewTicker(heartbeat)
+	defer beat.Stop()
+	var buf []byte
+	for {
+		ans, final, wait := hb.read(cur)
+		switch {
+		case final != nil:
+			// The region refused the subscription (a missing cache, say):
+			// tell the page, and end the stream.
+			buf = fmt.Appendf(buf[:0], "event: error\ndata: %d %s\n\n", final.status, oneLine(final.msg))
+			_, _ = w.Write(buf)
+			_ = rc.Flush()
+			return http.StatusOK
+		case wait == nil:
+			if _, err := w.Write(ans.events()); err != nil || rc.Flush() != nil {
+				return http.StatusOK // the client went away
+			}
+			cur = ans.after(cur)
+			continue
+		}
+		select {
+		case <-wait:
+		case <-beat.C:
+			if _, err := w.Write([]byte(": heartbeat\n\n")); err != nil || rc.Flush() != nil {
+				return http.StatusOK
+			}
+		case <-r.Context().Done():
+			return http.StatusOK
+		}
+	}
+}
+
+// appendEvents writes an answer as Server-Sent Events.
+func (ans hubAnswer) appendEvents(b []byte) []byte {
+	if d := ans.disc; d != nil {
+		b = fmt.Appendf(b, "event: discontinuity\ndata: {\"last_topic_sequence\":%d,\"new_topic_sequence\":%d,\"new_sequence_page\":%d}\n\n", d.last, d.newSeq, d.newPage)
+	}
+	for _, m := range ans.msgs {
+		b = fmt.Appendf(b, "id: %d-%d\nevent: %s\n", m.page, m.seq, m.kind)
+		// A line break in a text ends an SSE line: each line is a data line,
+		// and EventSource joins them with "\n".
+		for line := range strings.Lines(strings.ReplaceAll(strings.ReplaceAll(m.data, "\r\n", "\n"), "\r", "\n")) {
+			b = append(append(append(b, "data: "...), strings.TrimSuffix(line, "\n")...), '\n')
+		}
+		if m.data == "" || strings.HasSuffix(m.data, "\n") {
+			b = append(b, "data: \n"...)
+		}
+		b = append(b, '\n')
+	}
+	return b
+}
+
+// parseEventID reads an event id, "<page>-<sequence number>".
+func parseEventID(id string) (page, seq uint64, ok bool) {
+	p, s, found := strings.Cut(id, "-")
+	if !found {
+		return 0, 0, false
+	}
+	page, ok1 := parseUint(p)
+	seq, ok2 := parseUint(s)
+	return page, seq, ok1 && ok2
+}
+
+func oneLine(s string) string { return strings.NewReplacer("\r", " ", "\n", " ").Replace(s) }
