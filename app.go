@@ -237,6 +237,8 @@ type regionState struct {
 	// they handed to subscribers.
 	hubs      regionHubs
 	fannedOut atomic.Int64
+	// reads are the calls in flight and the local caches of the region.
+	reads regionReads
 	breaker   *breaker
 	transport *http.Transport
 	longPoll  *http.Transport // subscribes
@@ -251,6 +253,7 @@ func (s *regionState) Destruct() error {
 	for _, hb := range hubs {
 		hb.remove()
 	}
+	s.reads.stop()
 	s.transport.CloseIdleConnections()
 	s.longPoll.CloseIdleConnections()
 	return nil

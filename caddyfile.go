@@ -137,6 +137,12 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 //		max_message_size <size>
 //		subscribe_timeout <duration>
 //		region_header <name>
+//		coalesce on|off
+//		local_cache {
+//			max_age <duration>
+//			max_size <size>
+//			stale_if_error <duration>
+//		}
 //		cors {
 //			origins <origin...>
 //			max_age <duration>
@@ -203,8 +209,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.CORS = new(CORSConfig)
 				err = b.cors(h.CORS)
 			}
+		case "coalesce":
+			err = b.stringArg(name, &h.Coalesce)
+		case "local_cache":
+			if err = b.once(name); err == nil {
+				h.LocalCache = new(LocalCacheConfig)
+				err = b.localCache(h.LocalCache)
+			}
 		default:
-			return d.Errf("unknown subdirective %q in momento (expected region, default_region, route, client_token, timeout, max_item_size, breaker, allow, key_prefix, topic_prefix, max_key_size, max_message_size, subscribe_timeout, region_header or cors)", name)
+			return d.Errf("unknown subdirective %q in momento (expected region, default_region, route, client_token, timeout, max_item_size, breaker, allow, key_prefix, topic_prefix, max_key_size, max_message_size, subscribe_timeout, region_header, cors, coalesce or local_cache)", name)
 		}
 		if err != nil {
 			return err
@@ -425,6 +438,30 @@ func (b *block) breaker(field string, c *BreakerConfig) error {
 			}
 		default:
 			return d.Errf("unknown subdirective %q in breaker (expected failures, failure_ratio, min_requests, window, open_for or half_open_requests)", name)
+		}
+	}
+	return nil
+}
+
+func (b *block) localCache(c *LocalCacheConfig) error {
+	d := b.d
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch name := d.Val(); name {
+		case "max_age":
+			err = b.durationArg("local_cache.max_age", &c.MaxAge)
+		case "max_size":
+			err = b.sizeArg("local_cache.max_size", &c.MaxSize, 1<<40, "64MiB or 1048576")
+		case "stale_if_error":
+			err = b.durationArg("local_cache.stale_if_error", &c.StaleIfError)
+		default:
+			return d.Errf("unknown subdirective %q in local_cache (expected max_age, max_size or stale_if_error)", name)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	return nil

@@ -236,8 +236,12 @@ func TestServerSentEvents(t *testing.T) {
 	es.close()
 
 	// A Last-Event-ID older than the buffer gets a discontinuity first.
+	// (A stream watches the six messages reach the hub.)
+	watch := openEvents(t, ctx, g, "/topics/c/t", page+"-2")
+	defer watch.close()
 	for i := range 6 {
 		expect(t, g.publish("/topics/c/t", "text/plain", fmt.Sprintf("m%d", i)), http.StatusNoContent, "")
+		watch.next(t)
 	}
 	es = openEvents(t, ctx, g, "/topics/c/t", text.id)
 	defer es.close()

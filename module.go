@@ -121,6 +121,15 @@ type Handler struct {
 	// naming the region that served it, e.g. "Momento-Region".
 	RegionHeader string `json:"region_header,omitempty"`
 
+	// Concurrent GETs of one item share one upstream call: "on" (default)
+	// or "off". A GET never joins a call that began before a write of the
+	// item through this gateway finished.
+	Coalesce string `json:"coalesce,omitempty"`
+
+	// A local cache of the region's answers to GETs, answering hot reads
+	// without the region, and stale ones when it fails. Default: none.
+	LocalCache *LocalCacheConfig `json:"local_cache,omitempty"`
+
 	// appRegions names the regions of the global options, when known (the
 	// Caddyfile adapter reads them from the options, Provision from the
 	// app), so Validate can check references to them.
@@ -278,6 +287,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call) (status
 	if h.RegionHeader != "" {
 		w.Header().Set(h.RegionHeader, c.region.name)
 	}
+	if c.op == opGet && (h.LocalCache != nil || h.coalesce()) {
+		return h.read(w, r, c)
+	}
 	if c.op == opSubscribe {
 		switch {
 		case !h.app.topics().hubOff:
@@ -288,6 +300,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call) (status
 	}
 	return h.proxy(w, r, c)
 }
+
+// coalesce reports whether concurrent GETs of an item share a call.
+func (h *Handler) coalesce() bool { return h.Coalesce != "off" }
 
 // checkCall applies the handler's own rules to a well-formed call, and
 // puts the key or topic prefix in place.

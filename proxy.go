@@ -154,6 +154,11 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status
 	}
 
 	resp, err := transport.RoundTrip(out)
+	if c.op == opSet || c.op == opDelete {
+		// Whatever the region answered, the item may have changed: reads
+		// from now on see it, before the client hears back.
+		rg.state.reads.wrote(readKey{c.cache, c.key}, c)
+	}
 	if body != nil {
 		// RoundTrip returns when the answer's headers arrive, or it fails,
 		// while the transport may still be sending the upload: end that
