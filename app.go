@@ -238,7 +238,7 @@ type regionState struct {
 	hubs      regionHubs
 	fannedOut atomic.Int64
 	// reads are the calls in flight and the local caches of the region.
-	reads regionReads
+	reads     regionReads
 	breaker   *breaker
 	transport *http.Transport
 	longPoll  *http.Transport // subscribes
