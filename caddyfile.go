@@ -486,8 +486,12 @@ func (b *block) topics(c *TopicsConfig) error {
 
 func (b *block) allow(p *AllowPolicy) error {
 	return b.settings("allow", map[string]func() error{
-		"caches":  func() error { return b.listArg("allow.caches", "at least one cache glob, e.g. caches public-*", &p.Caches) },
-		"ops":     func() error { return b.listArg("allow.ops", "at least one of get, set, delete, publish, subscribe", &p.Ops) },
+		"caches": func() error {
+			return b.listArg("allow.caches", "at least one cache glob, e.g. caches public-*", &p.Caches)
+		},
+		"ops": func() error {
+			return b.listArg("allow.ops", "at least one of get, set, delete, publish, subscribe", &p.Ops)
+		},
 		"max_ttl": func() error { return b.durationArg("allow.max_ttl", &p.MaxTTL) },
 	})
 }
