@@ -146,6 +146,8 @@ type Handler struct {
 	regions       []*region
 	routes        []compiledRoute
 	defaultRegion *region
+	// localCaches are the local_cache of each region, nil without one.
+	localCaches map[*regionState]*localCache
 	rejectClient  bool
 	timeout       time.Duration
 	maxItemSize   int64
@@ -234,6 +236,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.defaultRegion = byName[h.DefaultRegion]
 	case len(h.regions) == 1:
 		h.defaultRegion = h.regions[0]
+	}
+	if h.LocalCache != nil {
+		// Looked up once here, not on every read.
+		h.localCaches = make(map[*regionState]*localCache, len(h.regions))
+		for _, rg := range h.regions {
+			h.localCaches[rg.state] = rg.state.reads.cacheFor(h.LocalCache)
+		}
 	}
 	return nil
 }

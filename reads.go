@@ -153,7 +153,7 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 	rg := c.region
 	rr := &rg.state.reads
 	key := readKey{c.cache, c.key}
-	lc := rr.cacheFor(h.LocalCache)
+	lc := h.localCaches[rg.state] // nil without local_cache
 	var entry *cached
 	if lc != nil {
 		if e, ok := lc.store.GetIfPresent(key); ok && !e.mark {
