@@ -147,12 +147,12 @@ type Handler struct {
 	routes        []compiledRoute
 	defaultRegion *region
 	// localCaches are the local_cache of each region, nil without one.
-	localCaches map[*regionState]*localCache
-	rejectClient  bool
-	timeout       time.Duration
-	maxItemSize   int64
-	maxKeySize    int64
-	logger        *zap.Logger
+	localCaches  map[*regionState]*localCache
+	rejectClient bool
+	timeout      time.Duration
+	maxItemSize  int64
+	maxKeySize   int64
+	logger       *zap.Logger
 }
 
 // Defaults, as documented on the fields.
