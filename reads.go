@@ -73,8 +73,19 @@ type regionReads struct {
 	flights map[readKey]*flight
 	caches  map[cacheSettings]*localCache
 
+	// held counts the bytes of answers that calls in flight hold for
+	// their clients (see maxHeldBytes).
+	held atomic.Int64
+
 	hits, misses, coalesced, stale atomic.Int64
 }
+
+// maxHeldBytes bounds the memory of a region's shared calls. A shared
+// call keeps its whole answer until its slowest client has it, so clients
+// that read slowly, or not at all, would otherwise make the gateway hold a
+// copy of a large value each. Past this bound, GETs are proxied one call
+// each, streamed at the client's pace, until the calls in flight are done.
+const maxHeldBytes = 64 << 20
 
 // cacheSettings identify a local cache: handlers with the same settings
 // share one.
@@ -164,6 +175,11 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 			}
 		}
 	}
+	if rr.held.Load() >= maxHeldBytes {
+		rr.misses.Add(1)
+		w.Header().Set("Cache-Status", cacheStatusName+"; fwd=miss")
+		return h.proxy(w, r, c)
+	}
 	f, joined := rr.join(h, r, c)
 	defer f.leave()
 	if joined {
@@ -191,16 +207,26 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 	}
 	w.Header().Set("Cache-Status", cacheStatusName+"; "+fwd)
 	w.WriteHeader(st)
-	body, cut := f.copyTo(r.Context(), w)
+	body, cut := f.copyTo(r.Context(), w, clientStall)
 	if cut {
 		return st, true
 	}
-	if lc != nil && !body.failed && f.started == rr.writes.Load() && (st == http.StatusOK || st == http.StatusNotFound && string(body.bytes) == "Key Not Found") {
-		// Filled only by a call that began after the last write through
-		// this gateway: a client always reads its own writes.
-		lc.fill(key, st, body.bytes, hdr["Content-Type"], f.began)
+	if lc != nil && !body.failed && (st == http.StatusOK || st == http.StatusNotFound && string(body.bytes) == "Key Not Found") {
+		rr.fill(lc, f, key, st, body.bytes, hdr["Content-Type"])
 	}
 	return st, false
+}
+
+// fill caches a call's answer, unless a write through this gateway
+// happened since the call began: a client always reads its own writes.
+// It holds rr.mu, as wrote does, so that no write falls between the check
+// and the fill.
+func (rr *regionReads) fill(lc *localCache, f *flight, key readKey, status int, body []byte, contentType []string) {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	if f.started == rr.writes.Load() {
+		lc.fill(key, status, body, contentType, f.began)
+	}
 }
 
 // fill caches an answer, bounded by a TTL a write through the gateway left.
@@ -236,15 +262,11 @@ func writeCached(w http.ResponseWriter, e *cached, cacheStatus string) int {
 // clients already in them, and the caches forget it (a set leaves its TTL
 // behind, which no answer cached later may outlive).
 func (rr *regionReads) wrote(key readKey, c *call) {
-	rr.writes.Add(1)
 	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	rr.writes.Add(1)
 	delete(rr.flights, key)
-	caches := make([]*localCache, 0, len(rr.caches))
 	for _, lc := range rr.caches {
-		caches = append(caches, lc)
-	}
-	rr.mu.Unlock()
-	for _, lc := range caches {
 		if c.op == opSet {
 			lc.store.Set(key, &cached{mark: true, expires: time.Now().Add(time.Duration(c.ttl) * time.Second)})
 		} else {
@@ -305,6 +327,7 @@ func (rr *regionReads) stats() cacheStats {
 // It is an http.ResponseWriter: the proxy writes the region's answer into
 // it, as it arrives, and each client streams from it at its own pace.
 type flight struct {
+	reads *regionReads // counts the bytes held
 	// started is the region's write count when the call began; began its
 	// time.
 	started uint64
@@ -314,13 +337,14 @@ type flight struct {
 	// cancel ends the call when its last client has left.
 	cancel context.CancelFunc
 
-	mu      sync.Mutex
-	clients int
-	status  int
-	body    []byte
-	done    bool
-	cut     bool // the region broke off mid-answer
-	changed chan struct{}
+	mu       sync.Mutex
+	clients  int
+	status   int
+	body     []byte
+	done     bool
+	cut      bool // the region broke off mid-answer
+	released bool // the bytes held are given back
+	changed  chan struct{}
 }
 
 // join adds a client to the item's call in flight, or starts one. It
@@ -335,7 +359,7 @@ func (rr *regionReads) join(h *Handler, r *http.Request, c *call) (*flight, bool
 		rr.mu.Unlock()
 		return f, true
 	}
-	f := &flight{started: rr.writes.Load(), began: time.Now(), header: http.Header{}, changed: make(chan struct{}), clients: 1}
+	f := &flight{reads: rr, started: rr.writes.Load(), began: time.Now(), header: http.Header{}, changed: make(chan struct{}), clients: 1}
 	if h.coalesce() {
 		if rr.flights == nil {
 			rr.flights = map[readKey]*flight{}
@@ -368,9 +392,19 @@ func (f *flight) leave() {
 	f.mu.Lock()
 	f.clients--
 	last := f.clients == 0 && !f.done
+	f.releaseIfOver()
 	f.mu.Unlock()
 	if last {
 		f.cancel()
+	}
+}
+
+// releaseIfOver gives the answer's bytes back to the region's bound once
+// the call is done and its last client has left. Callers hold f.mu.
+func (f *flight) releaseIfOver() {
+	if f.done && f.clients == 0 && !f.released {
+		f.released = true
+		f.reads.held.Add(-int64(len(f.body)))
 	}
 }
 
@@ -394,6 +428,7 @@ func (f *flight) Write(p []byte) (int, error) {
 		f.status = http.StatusOK
 	}
 	f.body = append(f.body, p...)
+	f.reads.held.Add(int64(len(p)))
 	f.notify()
 	f.mu.Unlock()
 	return len(p), nil
@@ -405,6 +440,7 @@ func (f *flight) finish(cut bool) {
 		f.status = http.StatusBadGateway
 	}
 	f.done, f.cut = true, cut
+	f.releaseIfOver()
 	f.notify()
 	f.mu.Unlock()
 }
@@ -432,6 +468,15 @@ func (f *flight) wait(ctx context.Context) (int, http.Header, bool) {
 	}
 }
 
+// A client of a shared call must take stallPart of the answer within
+// clientStall, or it is dropped: the call holds the answer until every
+// client has it (see maxHeldBytes). A browser on a slow link takes 64 KiB
+// in far less; a client that stopped reading does not.
+const (
+	stallPart   = 64 << 10
+	clientStall = 30 * time.Second
+)
+
 // flightBody is what a client received of a flight's body.
 type flightBody struct {
 	bytes  []byte
@@ -439,20 +484,28 @@ type flightBody struct {
 }
 
 // copyTo streams the body to a client as it arrives, and reports whether
-// the region broke off (the client's answer must then be aborted).
-func (f *flight) copyTo(ctx context.Context, w http.ResponseWriter) (flightBody, bool) {
+// the region broke off (the client's answer must then be aborted). A
+// client that takes no part of the answer for stall is dropped: the call
+// holds the answer for it until it has it all.
+func (f *flight) copyTo(ctx context.Context, w http.ResponseWriter, stall time.Duration) (flightBody, bool) {
 	rc := http.NewResponseController(w)
+	defer rc.SetWriteDeadline(time.Time{}) //nolint:errcheck // best effort; see below
 	sent := 0
 	for {
 		f.mu.Lock()
 		body, done, cut, ch := f.body, f.done, f.cut, f.changed
 		f.mu.Unlock()
 		if sent < len(body) {
-			if _, err := w.Write(body[sent:]); err != nil {
-				return flightBody{failed: true}, false // the client went away
+			// In parts, so that the deadline is on progress, not on the
+			// whole value. (Where the connection cannot take a deadline,
+			// the client is held by the server's own timeouts.)
+			part := body[sent:min(len(body), sent+stallPart)]
+			_ = rc.SetWriteDeadline(time.Now().Add(stall))
+			if _, err := w.Write(part); err != nil {
+				return flightBody{failed: true}, false // the client went away, or stalled
 			}
-			sent = len(body)
-			if !done {
+			sent += len(part)
+			if !done && sent == len(body) {
 				_ = rc.Flush()
 			}
 			continue

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"crypto/rand"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -273,5 +275,52 @@ func TestLocalCachePurgeAndReload(t *testing.T) {
 	expect(t, og.get("/cache/c?key=k"), 200, "v")
 	if sw.gets.Load() != calls+1 {
 		t.Fatal("after a purge the value still came from the cache")
+	}
+}
+
+// Clients that ask for a large value and never read it cannot make the
+// gateway hold a copy each: past a bound, GETs stream one call each at
+// the client's pace, and every other client is still answered in full.
+func TestClientsThatDoNotReadCannotFillTheGatewayMemory(t *testing.T) {
+	g, sw, _, up := readsGateway(t, "")
+	value := make([]byte, 4<<20)
+	_, _ = rand.Read(value)
+	expect(t, g.do(http.MethodPut, "/cache/c?key=big&ttl_seconds=600", bytes.NewReader(value)), 204, "")
+	rs := pooledRegionState(t, "r", up.URL)
+	inFlight := func() int {
+		rs.reads.mu.Lock()
+		defer rs.reads.mu.Unlock()
+		return len(rs.reads.flights)
+	}
+
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const clients = 40 // 160 MiB of copies, were each one held
+	for i := range clients {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(g.base, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_ = conn.(*net.TCPConn).SetReadBuffer(4 << 10)
+		if _, err := io.WriteString(conn, "GET /cache/c?key=big HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		// One at a time, each after the last call is done, so that none
+		// shares another's call: the worst case.
+		waitFor(t, func() bool { return sw.gets.Load() == int64(i+1) && inFlight() == 0 })
+	}
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	grew := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	if bound := int64(maxHeldBytes + 4*len(value)); grew > bound {
+		t.Fatalf("%d clients that do not read a %d MiB value grew the heap by %d MiB (held by shared calls: %d MiB), want at most %d MiB",
+			clients, len(value)>>20, grew>>20, rs.reads.held.Load()>>20, bound>>20)
+	}
+	// Everyone else is still answered, in full.
+	if r := g.get("/cache/c?key=big"); r.status != 200 || r.body != string(value) {
+		t.Fatalf("another client got %d and %d bytes", r.status, len(r.body))
 	}
 }
