@@ -9,8 +9,11 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -354,4 +357,62 @@ func TestLongPollsAreBounded(t *testing.T) {
 			expect(t, g.get("/cache/c?key=k"), http.StatusNotFound, "Key Not Found")
 		})
 	}
+}
+
+// Clients can run the gateway out of file descriptors by holding
+// connections open. That is the gateway's trouble, not the region's: the
+// request gets 503 with Retry-After, and the breaker stays closed.
+func TestRunningOutOfSocketsCannotOpenTheBreaker(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("counts this process's file descriptors in /proc")
+	}
+	up, _ := localUpstream(t, "t")
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\tbreaker {\n\t\t\tfailures 1\n\t\t}\n\t}")
+	// The client connects first; its request then finds no descriptor
+	// left for the gateway to dial the region with.
+	conn, err := net.Dial("tcp", strings.TrimPrefix(g.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var was syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &was); err != nil {
+		t.Fatal(err)
+	}
+	fds, err := os.ReadDir("/proc/self/fd") // the listing's own descriptor is closed again
+	if err != nil {
+		t.Fatal(err)
+	}
+	none := syscall.Rlimit{Cur: uint64(len(fds) - 1), Max: was.Max}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &none); err != nil {
+		t.Skipf("cannot lower the open files limit: %v", err)
+	}
+	// Whatever is still free (other goroutines open and close files too).
+	var fill []int
+	for {
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+		if err != nil {
+			break
+		}
+		fill = append(fill, fd)
+	}
+	_, werr := io.WriteString(conn, "GET /cache/c?key=k HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, rerr := http.ReadResponse(bufio.NewReader(conn), nil)
+	for _, fd := range fill {
+		syscall.Close(fd)
+	}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &was); err != nil {
+		t.Fatal(err)
+	}
+	if werr != nil || rerr != nil {
+		t.Fatal(werr, rerr)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("out of sockets: %d %q (Retry-After %q), want 503 with Retry-After", resp.StatusCode, body, resp.Header.Get("Retry-After"))
+	}
+	if b := pooledBreaker(t, "r", up.URL); b.state() != gobreaker.StateClosed {
+		t.Fatalf("the breaker is %v after the gateway ran out of sockets", b.state())
+	}
+	expect(t, g.get("/cache/c?key=k"), 404, "Key Not Found")
 }

@@ -352,6 +352,11 @@ func (hb *hub) run(ctx context.Context, cur cursor) {
 			return // the hub ended: says nothing about the region
 		case err != nil && errors.Is(err, errUpstreamTimeout):
 			// A quiet topic: poll again.
+		case err != nil && localExhaustion(err):
+			// This machine is out of sockets: not the region's doing.
+			b.record(errExcluded)
+			hb.logger.Warn("topic hub: gateway out of sockets", zap.String("region", rg.name), zap.Error(err))
+			backoff = pause(ctx, backoff, 0)
 		case err != nil:
 			b.record(errUpstreamFailure)
 			hb.logger.Debug("topic hub: region unreachable", zap.String("region", rg.name), zap.Error(err))

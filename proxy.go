@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -365,11 +366,27 @@ func (h *Handler) roundTripFailed(ctx context.Context, w http.ResponseWriter, r 
 		// either way not the region's doing.
 		h.logger.Error("upstream request not sent", zap.String("region", rg.name), zap.String("op", c.op.String()), zap.Error(unwrapURLError(err)))
 		return refuse(http.StatusInternalServerError, "the gateway could not send this request to the region").write(w), errExcluded
+	case localExhaustion(err):
+		// The gateway's own machine is out of sockets (file descriptors,
+		// ports, buffers), which clients can bring about by holding
+		// connections: not the region's doing, and it must not open the
+		// region's breaker for everyone.
+		h.logger.Error("gateway out of sockets: raise the open files limit (LimitNOFILE), or bound slow clients with the server's read_body timeout",
+			zap.String("region", rg.name), zap.Error(unwrapURLError(err)))
+		return (&refusal{status: http.StatusServiceUnavailable, msg: "the gateway is out of connections; try again shortly",
+			retryAfter: time.Second}).write(w), errExcluded
 	}
 	err = unwrapURLError(err)
 	h.logger.Warn("region unreachable", zap.String("region", rg.name), zap.String("endpoint", rg.endpoint), zap.Error(err))
 	return refuse(http.StatusBadGateway, fmt.Sprintf(
 		"region %s could not be reached (%s)", rg.name, describeNetError(err))).write(w), errUpstreamFailure
+}
+
+// localExhaustion reports whether err is this machine running out of
+// something a connection needs, rather than the region failing.
+func localExhaustion(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM) || errors.Is(err, syscall.EADDRNOTAVAIL)
 }
 
 // unwrapURLError drops the *url.Error wrapper, whose message repeats the
