@@ -416,3 +416,49 @@ func TestRunningOutOfSocketsCannotOpenTheBreaker(t *testing.T) {
 	}
 	expect(t, g.get("/cache/c?key=k"), 404, "Key Not Found")
 }
+
+// A topic hub outlives its last subscriber for linger, so that the next
+// poll finds it; it must not keep its upstream subscription from others.
+// A client that touches topic after topic and leaves each would otherwise
+// hold every one of the region's max_subscriptions.
+func TestLingeringTopicsYieldTheirSubscriptions(t *testing.T) {
+	up, _ := localUpstream(t, "t")
+	g := startGateway(t, "\tmomento {\n\t\tregion r {\n\t\t\tendpoint "+up.URL+"\n\t\t\ttoken t\n\t\t\tmax_subscriptions 3\n\t\t}\n\t}")
+	rs := pooledRegionState(t, "r", up.URL)
+	for i := range 10 {
+		ctx, cancel := context.WithCancel(context.Background())
+		errc := make(chan error, 1)
+		before := up.hits.Load()
+		go func() {
+			_, err := (&subscriber{g: g, path: fmt.Sprintf("/topics/c/junk%d", i)}).poll(ctx)
+			errc <- err
+		}()
+		// Its hub has subscribed upstream, or the poll was refused.
+		var refused error
+		waitFor(t, func() bool {
+			select {
+			case refused = <-errc:
+				return true
+			default:
+				return up.hits.Load() > before
+			}
+		})
+		cancel()
+		if refused != nil {
+			t.Fatalf("topic %d, with the earlier ones lingering: %v", i, refused)
+		}
+		<-errc
+		if n := rs.subscriptions.Load(); n > 3 {
+			t.Fatalf("%d subscriptions open, over max_subscriptions 3", n)
+		}
+	}
+	// Another client's topic still gets a subscription, and its messages.
+	s := &subscriber{g: g, path: "/topics/c/victim"}
+	got := make(chan []message, 1)
+	go func() { msgs, _ := s.poll(context.Background()); got <- msgs }()
+	waitFor(t, func() bool { _, waiting := rs.hubs.counts(); return waiting == 1 })
+	expect(t, g.publish("/topics/c/victim", "text/plain", "hello"), http.StatusNoContent, "")
+	if msgs := <-got; len(msgs) != 1 || msgs[0].value != "hello" {
+		t.Fatalf("the victim got %v", msgs)
+	}
+}
