@@ -170,6 +170,51 @@ func TestSlowReaderCannotOpenTheBreaker(t *testing.T) {
 	}
 }
 
+// A region may end an answer it could not send in time (a send deadline
+// of its own). Without coalescing the gateway reads the region only as
+// fast as the client reads, so a slow reader makes that happen: it is the
+// client's doing, and the breaker stays closed.
+func TestSlowReaderOfARegionWithASendDeadline(t *testing.T) {
+	value := bytes.Repeat([]byte("v"), 16<<20)
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		w.Header().Set("Content-Type", "application/octet-stream")
+		_, _ = w.Write(value)
+	}))
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\tcoalesce off\n\t\tbreaker {\n\t\t\tfailures 1\n\t\t}\n\t}")
+	conn, err := net.Dial("tcp", strings.TrimPrefix(g.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.(*net.TCPConn).SetReadBuffer(64 << 10)
+	if _, err := io.WriteString(conn, "GET /cache/c?key=big HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// About 16 MB/s: the region's 100 ms pass long before 16 MiB.
+	buf := make([]byte, 32<<10)
+	got := 0
+	for {
+		n, err := resp.Body.Read(buf)
+		got += n
+		if err != nil {
+			break
+		}
+		time.Sleep(2 * time.Millisecond) // the client's pace, not a wait
+	}
+	conn.Close()
+	if got >= len(value) {
+		t.Fatalf("the region's send deadline did not cut the answer (%d bytes)", got)
+	}
+	b := pooledBreaker(t, "r", up.URL)
+	if c := b.counts(); b.state() != gobreaker.StateClosed || c.TotalFailures != 0 {
+		t.Fatalf("breaker %v with counts %+v after slow readers", b.state(), c)
+	}
+}
+
 // Per-user key prefixes keep users apart for every template that loads,
 // whatever characters their ids hold and whatever keys they choose.
 // (Values used to be escaped with url.QueryEscape, which leaves -._~ as

@@ -225,8 +225,13 @@ func (ex *exchange) trace() *httptrace.ClientTrace {
 // copyAnswer streams the region's answer to the client and tells a failing
 // region (readErr) from a departed client (writeErr). Each read from the
 // region must return within timeout; writes to the client are not timed
-// here (Caddy's own write timeouts bound a stalled client), and slowClient
-// reports a write that took longer than timeout.
+// here (Caddy's own write timeouts bound a stalled client).
+//
+// slowClient reports that the client set the pace: one write took longer
+// than timeout, or writes to the client took most of the exchange. The
+// region is read only as fast as the client reads, so a region that ends
+// an answer it could not send in time (a send deadline of its own) was
+// held up by the client, not failing.
 func (ex *exchange) copyAnswer(w io.Writer, r io.Reader, size int64, timeout time.Duration) (readErr, writeErr error, slowClient bool) {
 	pool := &bufPool
 	if size >= largeBody {
@@ -235,6 +240,8 @@ func (ex *exchange) copyAnswer(w io.Writer, r io.Reader, size int64, timeout tim
 	bp := pool.Get().(*[]byte)
 	defer pool.Put(bp)
 	buf := *bp
+	began := time.Now()
+	var writing time.Duration
 	for {
 		ex.timer.Reset(timeout)
 		n, err := r.Read(buf)
@@ -244,13 +251,15 @@ func (ex *exchange) copyAnswer(w io.Writer, r io.Reader, size int64, timeout tim
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return nil, werr, slowClient
 			}
-			slowClient = slowClient || time.Since(start) > timeout
+			took := time.Since(start)
+			writing += took
+			slowClient = slowClient || took > timeout
 		}
 		if err == io.EOF {
 			return nil, nil, slowClient
 		}
 		if err != nil {
-			return err, nil, slowClient
+			return err, nil, slowClient || writing > time.Since(began)/2
 		}
 	}
 }
