@@ -55,6 +55,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			}
 //			max_waiting <n>
 //			max_waiting_per_client <n>
+//			max_ops_per_client <n>
 //			topics {
 //				hub on|off
 //				buffer <messages>
@@ -87,6 +88,10 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 			if err := b.countArg("max_waiting_per_client", &app.MaxWaitingPerClient); err != nil {
 				return nil, err
 			}
+		case "max_ops_per_client":
+			if err := b.countArg("max_ops_per_client", &app.MaxOpsPerClient); err != nil {
+				return nil, err
+			}
 		case "topics":
 			if err := b.once("topics"); err != nil {
 				return nil, err
@@ -96,7 +101,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 				return nil, err
 			}
 		default:
-			return nil, d.Errf("unknown subdirective %q in the global momento options (expected region, max_waiting, max_waiting_per_client or topics)", d.Val())
+			return nil, d.Errf("unknown subdirective %q in the global momento options (expected region, max_waiting, max_waiting_per_client, max_ops_per_client or topics)", d.Val())
 		}
 	}
 	if err := b.explain(app.Validate()); err != nil {

@@ -507,3 +507,59 @@ func TestLingeringTopicsYieldTheirSubscriptions(t *testing.T) {
 		t.Fatalf("the victim got %v", msgs)
 	}
 }
+
+// With max_ops_per_client, one address cannot spend the region's
+// operations (Momento admits 100 a second per region by default) for
+// everyone: past its budget it gets 429 with Retry-After, and nothing
+// reaches the region; reads answered by the local cache cost nothing, and
+// other addresses are served.
+func TestOneClientCannotSpendTheRegionForOthers(t *testing.T) {
+	up, _ := localUpstream(t, "t")
+	g := runCaddyfile(t, func(port int, logPath string) string {
+		return strings.Replace(globalOptions("off", logPath), "{\n", "{\n\tmomento {\n\t\tmax_ops_per_client 5\n\t}\n", 1) +
+			fmt.Sprintf(":%d {\n\tbind 127.0.0.1\n\tmomento {\n%s\t\tlocal_cache {\n\t\t\tmax_age 1m\n\t\t}\n\t}\n}\n", port, regionBlock("r", up.URL, "t"))
+	})
+	clientOps().InvalidateAll() // budgets outlive configs: start from full
+	before := up.hits.Load()
+	ok, refused, stored := 0, 0, ""
+	for i := range 50 {
+		key := fmt.Sprintf("k%d", i)
+		r := g.put("/cache/c?ttl_seconds=60&key="+key, "v")
+		switch r.status {
+		case http.StatusNoContent:
+			ok++
+			stored = key
+		case http.StatusTooManyRequests:
+			refused++
+			if !strings.Contains(r.body, "max_ops_per_client (5 calls a second") || r.header.Get("Retry-After") == "" {
+				t.Fatalf("refusal: %q, Retry-After %q", r.body, r.header.Get("Retry-After"))
+			}
+		default:
+			t.Fatalf("write %d: %d %s", i, r.status, r.body)
+		}
+	}
+	// Five at once, and five a second after: the loop takes well under 5 s.
+	if refused == 0 || ok > 30 {
+		t.Fatalf("%d writes stored and %d refused, want most refused", ok, refused)
+	}
+	if n := up.hits.Load() - before; n != int64(ok) {
+		t.Fatalf("%d writes stored but %d reached the region", ok, n)
+	}
+	// Reads the local cache answers cost nothing (the item is cached by
+	// its first read, which may itself have to wait for the budget).
+	waitFor(t, func() bool { return g.get("/cache/c?key="+stored).status == 200 })
+	for range 20 {
+		expect(t, g.get("/cache/c?key="+stored), 200, "v")
+	}
+	// Another address has its own budget.
+	other := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).DialContext}}
+	req, _ := http.NewRequest(http.MethodPut, g.base+"/cache/c?key=other&ttl_seconds=60", strings.NewReader("v"))
+	resp, err := other.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("another address got %d", resp.StatusCode)
+	}
+}

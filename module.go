@@ -306,6 +306,8 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call) (status
 		case wantsEventStream(r):
 			return refuse(http.StatusNotAcceptable, "Server-Sent Events need the topic hub, which is off here (topics { hub off }): long-poll this topic instead").write(w), false
 		}
+	} else if rf := h.app.admitOp(r); rf != nil {
+		return rf.write(w), false
 	}
 	return h.proxy(w, r, c)
 }

@@ -176,11 +176,17 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 		}
 	}
 	if rr.held.Load() >= maxHeldBytes {
+		if rf := h.app.admitOp(r); rf != nil {
+			return rf.write(w), false
+		}
 		rr.misses.Add(1)
 		w.Header().Set("Cache-Status", cacheStatusName+"; fwd=miss")
 		return h.proxy(w, r, c)
 	}
-	f, joined := rr.join(h, r, c)
+	f, joined, rf := rr.join(h, r, c)
+	if rf != nil {
+		return rf.write(w), false
+	}
 	defer f.leave()
 	if joined {
 		rr.coalesced.Add(1)
@@ -348,8 +354,9 @@ type flight struct {
 }
 
 // join adds a client to the item's call in flight, or starts one. It
-// reports whether the client joined a call already made.
-func (rr *regionReads) join(h *Handler, r *http.Request, c *call) (*flight, bool) {
+// reports whether the client joined a call already made. Only a client
+// that starts a call spends its max_ops_per_client.
+func (rr *regionReads) join(h *Handler, r *http.Request, c *call) (*flight, bool, *refusal) {
 	key := readKey{c.cache, c.key}
 	rr.mu.Lock()
 	if f := rr.flights[key]; f != nil && h.coalesce() {
@@ -357,7 +364,11 @@ func (rr *regionReads) join(h *Handler, r *http.Request, c *call) (*flight, bool
 		f.clients++
 		f.mu.Unlock()
 		rr.mu.Unlock()
-		return f, true
+		return f, true, nil
+	}
+	if rf := h.app.admitOp(r); rf != nil {
+		rr.mu.Unlock()
+		return nil, false, rf
 	}
 	f := &flight{reads: rr, started: rr.writes.Load(), began: time.Now(), header: http.Header{}, changed: make(chan struct{}), clients: 1}
 	if h.coalesce() {
@@ -383,7 +394,7 @@ func (rr *regionReads) join(h *Handler, r *http.Request, c *call) (*flight, bool
 		f.finish(cut)
 		cancel()
 	}()
-	return f, false
+	return f, false, nil
 }
 
 // leave takes a client off the call; the last one ends it, if it still runs
