@@ -139,7 +139,7 @@ func TestSlowReaderCannotOpenTheBreaker(t *testing.T) {
 	}))
 	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\ttimeout 100ms\n\t\tbreaker {\n\t\t\tfailures 1\n\t\t}\n\t}")
 
-	for range 2 {
+	{ // one is enough: with failures 1, a failure would open the breaker
 		conn, err := net.Dial("tcp", strings.TrimPrefix(g.base, "http://"))
 		if err != nil {
 			t.Fatal(err)
@@ -233,18 +233,29 @@ func TestPrefixesIsolateUsers(t *testing.T) {
 			for _, other := range ids {
 				keys = append(keys, other+sep+"x", strings.TrimPrefix(other, "a")+sep+"x")
 			}
+			// (Users at once, as they would be.)
+			var wg sync.WaitGroup
 			for _, user := range ids {
-				for _, k := range keys {
-					expect(t, g.do(http.MethodPut, "/cache/iso?ttl_seconds=600&key="+url.QueryEscape(k), strings.NewReader(user), as(user)...), 204, "")
-				}
-			}
-			for _, user := range ids {
-				for _, k := range keys {
-					if r := g.do(http.MethodGet, "/cache/iso?key="+url.QueryEscape(k), nil, as(user)...); r.status != 200 || r.body != user {
-						t.Fatalf("user %q reading key %q got %d %q: another user's value", user, k, r.status, r.body)
+				wg.Go(func() {
+					for _, k := range keys {
+						if r := g.do(http.MethodPut, "/cache/iso?ttl_seconds=600&key="+url.QueryEscape(k), strings.NewReader(user), as(user)...); r.status != 204 {
+							t.Errorf("user %q writing key %q got %d %q", user, k, r.status, r.body)
+						}
 					}
-				}
+				})
 			}
+			wg.Wait()
+			for _, user := range ids {
+				wg.Go(func() {
+					for _, k := range keys {
+						if r := g.do(http.MethodGet, "/cache/iso?key="+url.QueryEscape(k), nil, as(user)...); r.status != 200 || r.body != user {
+							t.Errorf("user %q reading key %q got %d %q: another user's value", user, k, r.status, r.body)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
 		})
 	}
 	// A template whose placeholder has no separator after it is refused.

@@ -61,6 +61,12 @@ func (s *switchable) set(fail string, hold chan struct{}) {
 
 func readsGateway(t *testing.T, directives string) (*gateway, *switchable, *momentolocal.Handler, *upstream) {
 	t.Helper()
+	return readsGatewayTimeout(t, "300ms", directives)
+}
+
+// readsGatewayTimeout is readsGateway with the handler's timeout given.
+func readsGatewayTimeout(t *testing.T, timeout, directives string) (*gateway, *switchable, *momentolocal.Handler, *upstream) {
+	t.Helper()
 	lh, err := momentolocal.New(momentolocal.Handler{Token: "t"})
 	if err != nil {
 		t.Fatal(err)
@@ -68,7 +74,7 @@ func readsGateway(t *testing.T, directives string) (*gateway, *switchable, *mome
 	t.Cleanup(func() { _ = lh.Close() })
 	sw := &switchable{next: lh.HTTPHandler()}
 	up := newUpstream(t, sw)
-	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\ttimeout 300ms\n\t\tbreaker {\n\t\t\tfailures 100\n\t\t}\n"+directives+"\t}")
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\ttimeout "+timeout+"\n\t\tbreaker {\n\t\t\tfailures 100\n\t\t}\n"+directives+"\t}")
 	return g, sw, lh, up
 }
 
@@ -142,15 +148,36 @@ func TestReadYourWrites(t *testing.T) {
 // behind the gateway's back shows once max_age has passed; a value written
 // through the gateway is never answered past its TTL.
 func TestLocalCacheFreshnessAndTTL(t *testing.T) {
-	g, sw, lh, up := readsGateway(t, "\t\tlocal_cache {\n\t\t\tmax_age 300ms\n\t\t}\n")
-	expect(t, g.put("/cache/c?key=k&ttl_seconds=600", "v1"), 204, "")
-	r := g.get("/cache/c?key=k")
+	lh, err := momentolocal.New(momentolocal.Handler{Token: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lh.Close() })
+	sw := &switchable{next: lh.HTTPHandler()}
+	up := newUpstream(t, sw)
+	// Under /fresh/, a short max_age; elsewhere one far longer than the
+	// one-second TTL below, so that only the TTL can end that entry.
+	g := startGateway(t, "\thandle_path /fresh/* {\n\t\tmomento {\n"+regionBlock("r", up.URL, "t")+
+		"\t\t\tlocal_cache {\n\t\t\t\tmax_age 300ms\n\t\t\t}\n\t\t}\n\t}\n"+
+		"\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\tlocal_cache {\n\t\t\tmax_age 1m\n\t\t}\n\t}")
+
+	// A TTL of one second through the gateway: never answered past it,
+	// however long max_age. (Written first: the second runs meanwhile.)
+	expect(t, g.put("/cache/c?key=brief&ttl_seconds=1", "short-lived"), 204, "")
+	written := time.Now()
+	expect(t, g.get("/cache/c?key=brief"), 200, "short-lived")
+	if r := g.get("/cache/c?key=brief"); !strings.HasPrefix(r.header.Get("Cache-Status"), "momento-gateway; hit") {
+		t.Fatalf("the brief value is not cached: %q", r.header.Get("Cache-Status"))
+	}
+
+	expect(t, g.put("/fresh/cache/c?key=k&ttl_seconds=600", "v1"), 204, "")
+	r := g.get("/fresh/cache/c?key=k")
 	expect(t, r, 200, "v1")
 	if cs := r.header.Get("Cache-Status"); cs != "momento-gateway; fwd=miss" {
 		t.Errorf("first read: Cache-Status %q", cs)
 	}
 	calls := sw.gets.Load()
-	r = g.get("/cache/c?key=k")
+	r = g.get("/fresh/cache/c?key=k")
 	expect(t, r, 200, "v1")
 	if cs := r.header.Get("Cache-Status"); !strings.HasPrefix(cs, "momento-gateway; hit") || r.header.Get("Age") == "" {
 		t.Errorf("second read: Cache-Status %q, Age %q", cs, r.header.Get("Age"))
@@ -159,9 +186,9 @@ func TestLocalCacheFreshnessAndTTL(t *testing.T) {
 		t.Fatal("a fresh hit went to the region")
 	}
 	// Misses are cached the same way.
-	expect(t, g.get("/cache/c?key=none"), 404, "Key Not Found")
+	expect(t, g.get("/fresh/cache/c?key=none"), 404, "Key Not Found")
 	calls = sw.gets.Load()
-	expect(t, g.get("/cache/c?key=none"), 404, "Key Not Found")
+	expect(t, g.get("/fresh/cache/c?key=none"), 404, "Key Not Found")
 	if sw.gets.Load() != calls {
 		t.Fatal("a cached miss went to the region")
 	}
@@ -173,15 +200,15 @@ func TestLocalCacheFreshnessAndTTL(t *testing.T) {
 		t.Fatalf("direct write: %v %v", resp, err)
 	}
 	start := time.Now()
-	waitFor(t, func() bool { return g.get("/cache/c?key=k").body == "v2" })
+	waitFor(t, func() bool { return g.get("/fresh/cache/c?key=k").body == "v2" })
 	if seen := time.Since(start); seen > 300*time.Millisecond+500*time.Millisecond {
 		t.Errorf("a write behind the gateway showed after %v, more than max_age", seen)
 	}
 
-	// A TTL of one second through the gateway: never answered past it.
-	expect(t, g.put("/cache/c?key=brief&ttl_seconds=1", "short-lived"), 204, "")
-	expect(t, g.get("/cache/c?key=brief"), 200, "short-lived")
-	waitFor(t, func() bool { return lh.Len() >= 0 && g.get("/cache/c?key=brief").status == 404 })
+	waitFor(t, func() bool { return g.get("/cache/c?key=brief").status == 404 })
+	if gone := time.Since(written); gone > time.Second+500*time.Millisecond {
+		t.Errorf("a value with a one-second TTL was served for %v", gone)
+	}
 }
 
 // The memory bound holds: past max_size the cache evicts.
@@ -208,7 +235,8 @@ func TestLocalCacheEvictsWithinMaxSize(t *testing.T) {
 func TestStaleIfError(t *testing.T) {
 	for _, fail := range []string{"500", "hang", "reset", "breaker"} {
 		t.Run(fail, func(t *testing.T) {
-			g, sw, _, up := readsGateway(t, "\t\tlocal_cache {\n\t\t\tmax_age 10ms\n\t\t\tstale_if_error 400ms\n\t\t}\n")
+			// The stale window outlasts the hanging call's timeout.
+			g, sw, _, up := readsGatewayTimeout(t, "100ms", "\t\tlocal_cache {\n\t\t\tmax_age 10ms\n\t\t\tstale_if_error 250ms\n\t\t}\n")
 			expect(t, g.put("/cache/c?key=k&ttl_seconds=600", "last known"), 204, "")
 			expect(t, g.get("/cache/c?key=k"), 200, "last known")
 			time.Sleep(20 * time.Millisecond) // past max_age: the next read asks the region

@@ -144,9 +144,18 @@ func TestEarlyAnswersKeepConnectionInStep(t *testing.T) {
 		cases = append(cases, earlyCase{name: fmt.Sprintf("region answers %d", st), region: earlyAnswer(st), cache: "c", status: st})
 	}
 	// A region that never answers nor reads. Its server cannot see the
-	// gateway hang up (it never reads), so the test ends its handlers.
+	// gateway hang up (it never reads), so the test ends its handlers. It
+	// holds the raw connection, so that net/http does not linger half a
+	// second over an unread upload when the handler ends.
 	stop := make(chan struct{})
-	hang := earlyRegion(func(w http.ResponseWriter, r *http.Request) { <-stop })
+	hang := earlyRegion(func(w http.ResponseWriter, r *http.Request) {
+		conn, _, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		<-stop
+	})
 	cases = append(cases,
 		earlyCase{"region does not answer in time", hang, "\t\ttimeout 100ms\n", "c", http.StatusGatewayTimeout},
 		earlyCase{"gateway refuses the cache", earlyAnswer(204), "\t\tallow {\n\t\t\tcaches c\n\t\t}\n", "other", http.StatusForbidden},
