@@ -19,8 +19,9 @@ func init() {
 // AdminAPI is the admin API module `admin.api.momento`. On Caddy's admin
 // endpoint it serves:
 //
-//	GET  /momento/regions              every region's endpoint, breaker state and counts
-//	POST /momento/regions/<name>/reset close a region's breaker by hand
+//	GET  /momento/regions                          every region's endpoint, breaker, topics and reads
+//	POST /momento/regions/<name>/reset             close a region's breaker by hand
+//	POST /momento/regions/<name>/purge[?cache=<c>] empty its local read caches (or one cache's entries)
 //
 // It reads the regions of the running config from the momento app, whose
 // breakers survive config reloads. Tokens are shown as their kind and
@@ -39,7 +40,7 @@ func (AdminAPI) CaddyModule() caddy.ModuleInfo {
 func (AdminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: "/momento/regions", Handler: caddy.AdminHandlerFunc(listRegions)},
-		{Pattern: "/momento/regions/", Handler: caddy.AdminHandlerFunc(resetRegion)},
+		{Pattern: "/momento/regions/", Handler: caddy.AdminHandlerFunc(regionAction)},
 	}
 }
 
@@ -68,6 +69,26 @@ type RegionStatus struct {
 	Subscriptions int64 `json:"subscriptions"`
 	// Clients waiting on the region's topic hubs now.
 	TopicWaiters int `json:"topic_waiters"`
+	// How GETs were served since the process started.
+	Reads ReadCounts `json:"reads"`
+}
+
+// ReadCounts say how a region's GETs were served.
+type ReadCounts struct {
+	// Answered from a local cache, fresh.
+	Hits int64 `json:"hits"`
+	// Sent to the region (each one an upstream call).
+	Misses int64 `json:"misses"`
+	// Joined a call already in flight for the same item.
+	Coalesced int64 `json:"coalesced"`
+	// Answered from a local cache, stale, because the region failed.
+	Stale int64 `json:"stale"`
+	// Upstream calls saved: hits and coalesced reads.
+	Saved int64 `json:"upstream_calls_saved"`
+	// Entries the local caches dropped for room.
+	Evictions int64 `json:"evictions"`
+	// Bytes the local caches hold (keys, values, overhead).
+	CachedBytes int64 `json:"cached_bytes"`
 }
 
 // BreakerCounts are a breaker's counts.
@@ -97,6 +118,9 @@ func statusOf(rg *region) RegionStatus {
 		Subscriptions:    rg.state.subscriptions.Load(),
 	}
 	rs.TopicHubs, rs.TopicWaiters = rg.state.hubs.counts()
+	rd := rg.state.reads.stats()
+	rs.Reads = ReadCounts{Hits: rd.hits, Misses: rd.misses, Coalesced: rd.coalesced, Stale: rd.stale,
+		Saved: rd.hits + rd.coalesced, Evictions: rd.evictions, CachedBytes: rd.bytes}
 	if st == gobreaker.StateOpen {
 		rs.RetryAfterSeconds = retryAfterSeconds(b.retryAfter(time.Now()))
 	}
@@ -123,23 +147,33 @@ func listRegions(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, out)
 }
 
-// resetRegion serves POST /momento/regions/<name>/reset.
-func resetRegion(w http.ResponseWriter, r *http.Request) error {
+// regionAction serves POST /momento/regions/<name>/reset (close the
+// breaker) and POST /momento/regions/<name>/purge[?cache=<cache>] (empty
+// the local read caches, or one Momento cache's entries in them).
+func regionAction(w http.ResponseWriter, r *http.Request) error {
 	name, action, ok := strings.Cut(strings.TrimPrefix(r.URL.Path, "/momento/regions/"), "/")
-	if !ok || action != "reset" || name == "" {
-		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("unknown path: use POST /momento/regions/<name>/reset")}
+	if !ok || (action != "reset" && action != "purge") || name == "" {
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("unknown path: use POST /momento/regions/<name>/reset or /purge")}
 	}
 	if r.Method != http.MethodPost {
-		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("use POST to reset a breaker")}
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("use POST to %s", action)}
 	}
 	for _, rg := range runningRegions() {
-		if rg.name == name {
-			b := rg.state.breaker
-			from := b.reset()
-			b.logger.Load().Info("circuit breaker reset through the admin API",
-				zap.String("region", name), zap.String("was", from.String()))
-			return writeJSON(w, statusOf(rg))
+		if rg.name != name {
+			continue
 		}
+		if action == "purge" {
+			cache := r.URL.Query().Get("cache")
+			n := rg.state.reads.purge(cache)
+			rg.state.breaker.logger.Load().Info("local read caches purged through the admin API",
+				zap.String("region", name), zap.String("cache", cache), zap.Int("entries", n))
+			return writeJSON(w, map[string]int{"purged": n})
+		}
+		b := rg.state.breaker
+		from := b.reset()
+		b.logger.Load().Info("circuit breaker reset through the admin API",
+			zap.String("region", name), zap.String("was", from.String()))
+		return writeJSON(w, statusOf(rg))
 	}
 	return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("region %q is not configured", name)}
 }

@@ -43,6 +43,13 @@ type App struct {
 	// browsers may share one address behind a NAT.
 	MaxWaitingPerClient int `json:"max_waiting_per_client,omitempty"`
 
+	// How many calls a second one client address (Caddy's client_ip) may
+	// make to the regions: cache operations and publishes that reach a
+	// region, not reads answered by the local cache or by a call already
+	// in flight. Past it, 429 with Retry-After. Default: no limit, as a
+	// backend service, or many browsers behind a NAT, may rightly send many.
+	MaxOpsPerClient int `json:"max_ops_per_client,omitempty"`
+
 	// How topic subscribers are served: the shared upstream subscription
 	// per topic (the hub), its buffer, Server-Sent Events.
 	Topics *TopicsConfig `json:"topics,omitempty"`
@@ -53,13 +60,13 @@ type App struct {
 }
 
 // waitLimits are an app's limits on waiting clients, with defaults.
-type waitLimits struct{ maxWaiting, maxPerClient int }
+type waitLimits struct{ maxWaiting, maxPerClient, maxOpsPerClient int }
 
 func (a *App) limits() waitLimits {
 	if a == nil {
 		return waitLimits{maxWaiting: defaultMaxWaiting}
 	}
-	return waitLimits{maxWaiting: cmp.Or(a.MaxWaiting, defaultMaxWaiting), maxPerClient: a.MaxWaitingPerClient}
+	return waitLimits{maxWaiting: cmp.Or(a.MaxWaiting, defaultMaxWaiting), maxPerClient: a.MaxWaitingPerClient, maxOpsPerClient: a.MaxOpsPerClient}
 }
 
 // topics are the app's topic settings, with defaults.
@@ -112,6 +119,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 func (a *App) Validate() error {
 	if a.MaxWaiting < 0 {
 		return fieldErrorf("max_waiting", "max_waiting %d must be positive", a.MaxWaiting)
+	}
+	if a.MaxOpsPerClient < 0 {
+		return fieldErrorf("max_ops_per_client", "max_ops_per_client %d must be positive", a.MaxOpsPerClient)
 	}
 	if a.MaxWaitingPerClient < 0 {
 		return fieldErrorf("max_waiting_per_client", "max_waiting_per_client %d must be positive", a.MaxWaitingPerClient)
@@ -237,6 +247,8 @@ type regionState struct {
 	// they handed to subscribers.
 	hubs      regionHubs
 	fannedOut atomic.Int64
+	// reads are the calls in flight and the local caches of the region.
+	reads     regionReads
 	breaker   *breaker
 	transport *http.Transport
 	longPoll  *http.Transport // subscribes
@@ -251,6 +263,7 @@ func (s *regionState) Destruct() error {
 	for _, hb := range hubs {
 		hb.remove()
 	}
+	s.reads.stop()
 	s.transport.CloseIdleConnections()
 	s.longPoll.CloseIdleConnections()
 	return nil

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -53,6 +55,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			}
 //			max_waiting <n>
 //			max_waiting_per_client <n>
+//			max_ops_per_client <n>
 //			topics {
 //				hub on|off
 //				buffer <messages>
@@ -85,6 +88,10 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 			if err := b.countArg("max_waiting_per_client", &app.MaxWaitingPerClient); err != nil {
 				return nil, err
 			}
+		case "max_ops_per_client":
+			if err := b.countArg("max_ops_per_client", &app.MaxOpsPerClient); err != nil {
+				return nil, err
+			}
 		case "topics":
 			if err := b.once("topics"); err != nil {
 				return nil, err
@@ -94,7 +101,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 				return nil, err
 			}
 		default:
-			return nil, d.Errf("unknown subdirective %q in the global momento options (expected region, max_waiting, max_waiting_per_client or topics)", d.Val())
+			return nil, d.Errf("unknown subdirective %q in the global momento options (expected region, max_waiting, max_waiting_per_client, max_ops_per_client or topics)", d.Val())
 		}
 	}
 	if err := b.explain(app.Validate()); err != nil {
@@ -137,6 +144,12 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 //		max_message_size <size>
 //		subscribe_timeout <duration>
 //		region_header <name>
+//		coalesce on|off
+//		local_cache {
+//			max_age <duration>
+//			max_size <size>
+//			stale_if_error <duration>
+//		}
 //		cors {
 //			origins <origin...>
 //			max_age <duration>
@@ -203,8 +216,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.CORS = new(CORSConfig)
 				err = b.cors(h.CORS)
 			}
+		case "coalesce":
+			err = b.stringArg(name, &h.Coalesce)
+		case "local_cache":
+			if err = b.once(name); err == nil {
+				h.LocalCache = new(LocalCacheConfig)
+				err = b.localCache(h.LocalCache)
+			}
 		default:
-			return d.Errf("unknown subdirective %q in momento (expected region, default_region, route, client_token, timeout, max_item_size, breaker, allow, key_prefix, topic_prefix, max_key_size, max_message_size, subscribe_timeout, region_header or cors)", name)
+			return d.Errf("unknown subdirective %q in momento (expected region, default_region, route, client_token, timeout, max_item_size, breaker, allow, key_prefix, topic_prefix, max_key_size, max_message_size, subscribe_timeout, region_header, cors, coalesce or local_cache)", name)
 		}
 		if err != nil {
 			return err
@@ -430,85 +450,75 @@ func (b *block) breaker(field string, c *BreakerConfig) error {
 	return nil
 }
 
-func (b *block) topics(c *TopicsConfig) error {
+// settings reads a block of settings of what (e.g. "allow"), each read by
+// its own function.
+func (b *block) settings(what string, read map[string]func() error) error {
 	d := b.d
 	if d.NextArg() {
 		return d.ArgErr()
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		var err error
-		switch name := d.Val(); name {
-		case "hub":
-			err = b.stringArg("topics.hub", &c.Hub)
-		case "buffer":
-			err = b.countArg("topics.buffer", &c.Buffer)
-		case "buffer_size":
-			err = b.sizeArg("topics.buffer_size", &c.BufferSize, 1<<30, "1MiB or 65536")
-		case "linger":
-			err = b.durationArg("topics.linger", &c.Linger)
-		case "heartbeat":
-			err = b.durationArg("topics.heartbeat", &c.Heartbeat)
-		default:
-			return d.Errf("unknown subdirective %q in topics (expected hub, buffer, buffer_size, linger or heartbeat)", name)
+		f, ok := read[d.Val()]
+		if !ok {
+			names := slices.Sorted(maps.Keys(read))
+			return d.Errf("unknown subdirective %q in %s (expected %s or %s)", d.Val(), what,
+				strings.Join(names[:len(names)-1], ", "), names[len(names)-1])
 		}
-		if err != nil {
+		if err := f(); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+func (b *block) localCache(c *LocalCacheConfig) error {
+	return b.settings("local_cache", map[string]func() error{
+		"max_age":        func() error { return b.durationArg("local_cache.max_age", &c.MaxAge) },
+		"max_size":       func() error { return b.sizeArg("local_cache.max_size", &c.MaxSize, 1<<40, "64MiB or 1048576") },
+		"stale_if_error": func() error { return b.durationArg("local_cache.stale_if_error", &c.StaleIfError) },
+	})
+}
+
+func (b *block) topics(c *TopicsConfig) error {
+	return b.settings("topics", map[string]func() error{
+		"hub":         func() error { return b.stringArg("topics.hub", &c.Hub) },
+		"buffer":      func() error { return b.countArg("topics.buffer", &c.Buffer) },
+		"buffer_size": func() error { return b.sizeArg("topics.buffer_size", &c.BufferSize, 1<<30, "1MiB or 65536") },
+		"linger":      func() error { return b.durationArg("topics.linger", &c.Linger) },
+		"heartbeat":   func() error { return b.durationArg("topics.heartbeat", &c.Heartbeat) },
+	})
 }
 
 func (b *block) allow(p *AllowPolicy) error {
-	d := b.d
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		var err error
-		switch name := d.Val(); name {
-		case "caches":
-			err = b.listArg("allow.caches", "at least one cache glob, e.g. caches public-*", &p.Caches)
-		case "ops":
-			err = b.listArg("allow.ops", "at least one of get, set, delete, publish, subscribe", &p.Ops)
-		case "max_ttl":
-			err = b.durationArg("allow.max_ttl", &p.MaxTTL)
-		default:
-			return d.Errf("unknown subdirective %q in allow (expected caches, ops or max_ttl)", name)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	return b.settings("allow", map[string]func() error{
+		"caches": func() error {
+			return b.listArg("allow.caches", "at least one cache glob, e.g. caches public-*", &p.Caches)
+		},
+		"ops": func() error {
+			return b.listArg("allow.ops", "at least one of get, set, delete, publish, subscribe", &p.Ops)
+		},
+		"max_ttl": func() error { return b.durationArg("allow.max_ttl", &p.MaxTTL) },
+	})
 }
 
 func (b *block) cors(c *CORSConfig) error {
-	d := b.d
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		var err error
-		switch name := d.Val(); name {
-		case "origins":
-			err = b.listArg("cors.origins", "at least one origin, e.g. origins https://app.example.com", &c.Origins)
-		case "max_age":
-			err = b.durationArg("cors.max_age", &c.MaxAge)
-		case "allow_credentials":
-			if err = b.once("cors.allow_credentials"); err == nil && d.NextArg() {
-				err = d.ArgErr()
-			}
+	return b.settings("cors", map[string]func() error{
+		"origins": func() error {
+			return b.listArg("cors.origins", "at least one origin, e.g. origins https://app.example.com", &c.Origins)
+		},
+		"max_age": func() error { return b.durationArg("cors.max_age", &c.MaxAge) },
+		"allow_credentials": func() error {
 			c.AllowCredentials = true
-		case "headers":
-			err = b.listArg("cors.headers", "at least one header name", &c.Headers)
-		default:
-			return d.Errf("unknown subdirective %q in cors (expected origins, max_age, allow_credentials or headers)", name)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+			if err := b.once("cors.allow_credentials"); err != nil {
+				return err
+			}
+			if b.d.NextArg() {
+				return b.d.ArgErr()
+			}
+			return nil
+		},
+		"headers": func() error { return b.listArg("cors.headers", "at least one header name", &c.Headers) },
+	})
 }
 
 // oneArg reads exactly one argument for the current subdirective.

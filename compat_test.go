@@ -114,21 +114,7 @@ func TestMomentoClientsGetTheSameAnswers(t *testing.T) {
 	if r := gateway.subscribe(t, "missing", "t"); r.status != http.StatusNotFound || r.body != "Cache Not Found" {
 		t.Errorf("subscribe to a missing cache through the gateway: %d %q", r.status, r.body)
 	}
-
-	// TTL expiry: a value set for one second is gone for both.
-	for _, tg := range []*compatTarget{direct, gateway} {
-		if r := tg.send(t, denoShape, compatStep{"set 1 s", http.MethodPut, "cache", "brief", "1", []byte("v"), ""}); r.status != http.StatusNoContent {
-			t.Fatalf("%s: set with ttl 1: %d %q", tg.name, r.status, r.body)
-		}
-	}
-	waitFor(t, func() bool {
-		for _, tg := range []*compatTarget{direct, gateway} {
-			if r := tg.send(t, denoShape, compatStep{"expired", http.MethodGet, "cache", "brief", "", nil, ""}); r.status != http.StatusNotFound || r.body != "Key Not Found" {
-				return false
-			}
-		}
-		return true
-	})
+	// (A TTL's expiry through the gateway: TestLocalCacheFreshnessAndTTL.)
 }
 
 // compatTarget is where a client sends its requests: the backend with the

@@ -365,11 +365,11 @@ func TestTransportFailuresMapTo502And504(t *testing.T) {
 	g := startGateway(t, "\tmomento {\n"+
 		regionBlock("refused", refused, "t")+regionBlock("reset", reset.URL, "t")+regionBlock("hang", hang.URL, "t")+
 		"\t\troute refused-* refused\n\t\troute reset-* reset\n\t\troute hang-* hang\n"+
-		"\t\ttimeout 200ms\n\t\tbreaker {\n\t\t\tfailures 2\n\t\t}\n\t}")
+		"\t\ttimeout 100ms\n\t\tbreaker {\n\t\t\tfailures 2\n\t\t}\n\t}")
 
 	expect(t, g.get("/cache/refused-1?key=k"), http.StatusBadGateway, "region refused could not be reached (connection failed)")
 	expect(t, g.get("/cache/reset-1?key=k"), http.StatusBadGateway, "region reset could not be reached")
-	expect(t, g.get("/cache/hang-1?key=k"), http.StatusGatewayTimeout, "region hang did not answer within 200ms")
+	expect(t, g.get("/cache/hang-1?key=k"), http.StatusGatewayTimeout, "region hang did not answer within 100ms")
 
 	// Each of them counts as a failure: the second opens each breaker.
 	g.get("/cache/refused-1?key=k")

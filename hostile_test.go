@@ -9,8 +9,11 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -136,7 +139,7 @@ func TestSlowReaderCannotOpenTheBreaker(t *testing.T) {
 	}))
 	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\ttimeout 100ms\n\t\tbreaker {\n\t\t\tfailures 1\n\t\t}\n\t}")
 
-	for range 2 {
+	{ // one is enough: with failures 1, a failure would open the breaker
 		conn, err := net.Dial("tcp", strings.TrimPrefix(g.base, "http://"))
 		if err != nil {
 			t.Fatal(err)
@@ -167,6 +170,51 @@ func TestSlowReaderCannotOpenTheBreaker(t *testing.T) {
 	}
 }
 
+// A region may end an answer it could not send in time (a send deadline
+// of its own). Without coalescing the gateway reads the region only as
+// fast as the client reads, so a slow reader makes that happen: it is the
+// client's doing, and the breaker stays closed.
+func TestSlowReaderOfARegionWithASendDeadline(t *testing.T) {
+	value := bytes.Repeat([]byte("v"), 16<<20)
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		w.Header().Set("Content-Type", "application/octet-stream")
+		_, _ = w.Write(value)
+	}))
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\tcoalesce off\n\t\tbreaker {\n\t\t\tfailures 1\n\t\t}\n\t}")
+	conn, err := net.Dial("tcp", strings.TrimPrefix(g.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.(*net.TCPConn).SetReadBuffer(64 << 10)
+	if _, err := io.WriteString(conn, "GET /cache/c?key=big HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// About 16 MB/s: the region's 100 ms pass long before 16 MiB.
+	buf := make([]byte, 32<<10)
+	got := 0
+	for {
+		n, err := resp.Body.Read(buf)
+		got += n
+		if err != nil {
+			break
+		}
+		time.Sleep(2 * time.Millisecond) // the client's pace, not a wait
+	}
+	conn.Close()
+	if got >= len(value) {
+		t.Fatalf("the region's send deadline did not cut the answer (%d bytes)", got)
+	}
+	b := pooledBreaker(t, "r", up.URL)
+	if c := b.counts(); b.state() != gobreaker.StateClosed || c.TotalFailures != 0 {
+		t.Fatalf("breaker %v with counts %+v after slow readers", b.state(), c)
+	}
+}
+
 // Per-user key prefixes keep users apart for every template that loads,
 // whatever characters their ids hold and whatever keys they choose.
 // (Values used to be escaped with url.QueryEscape, which leaves -._~ as
@@ -185,18 +233,29 @@ func TestPrefixesIsolateUsers(t *testing.T) {
 			for _, other := range ids {
 				keys = append(keys, other+sep+"x", strings.TrimPrefix(other, "a")+sep+"x")
 			}
+			// (Users at once, as they would be.)
+			var wg sync.WaitGroup
 			for _, user := range ids {
-				for _, k := range keys {
-					expect(t, g.do(http.MethodPut, "/cache/iso?ttl_seconds=600&key="+url.QueryEscape(k), strings.NewReader(user), as(user)...), 204, "")
-				}
-			}
-			for _, user := range ids {
-				for _, k := range keys {
-					if r := g.do(http.MethodGet, "/cache/iso?key="+url.QueryEscape(k), nil, as(user)...); r.status != 200 || r.body != user {
-						t.Fatalf("user %q reading key %q got %d %q: another user's value", user, k, r.status, r.body)
+				wg.Go(func() {
+					for _, k := range keys {
+						if r := g.do(http.MethodPut, "/cache/iso?ttl_seconds=600&key="+url.QueryEscape(k), strings.NewReader(user), as(user)...); r.status != 204 {
+							t.Errorf("user %q writing key %q got %d %q", user, k, r.status, r.body)
+						}
 					}
-				}
+				})
 			}
+			wg.Wait()
+			for _, user := range ids {
+				wg.Go(func() {
+					for _, k := range keys {
+						if r := g.do(http.MethodGet, "/cache/iso?key="+url.QueryEscape(k), nil, as(user)...); r.status != 200 || r.body != user {
+							t.Errorf("user %q reading key %q got %d %q: another user's value", user, k, r.status, r.body)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
 		})
 	}
 	// A template whose placeholder has no separator after it is refused.
@@ -353,5 +412,165 @@ func TestLongPollsAreBounded(t *testing.T) {
 			// Other requests are unaffected.
 			expect(t, g.get("/cache/c?key=k"), http.StatusNotFound, "Key Not Found")
 		})
+	}
+}
+
+// Clients can run the gateway out of file descriptors by holding
+// connections open. That is the gateway's trouble, not the region's: the
+// request gets 503 with Retry-After, and the breaker stays closed.
+func TestRunningOutOfSocketsCannotOpenTheBreaker(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("counts this process's file descriptors in /proc")
+	}
+	up, _ := localUpstream(t, "t")
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\tbreaker {\n\t\t\tfailures 1\n\t\t}\n\t}")
+	// The client connects first; its request then finds no descriptor
+	// left for the gateway to dial the region with.
+	conn, err := net.Dial("tcp", strings.TrimPrefix(g.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var was syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &was); err != nil {
+		t.Fatal(err)
+	}
+	fds, err := os.ReadDir("/proc/self/fd") // the listing's own descriptor is closed again
+	if err != nil {
+		t.Fatal(err)
+	}
+	none := syscall.Rlimit{Cur: uint64(len(fds) - 1), Max: was.Max}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &none); err != nil {
+		t.Skipf("cannot lower the open files limit: %v", err)
+	}
+	// Whatever is still free (other goroutines open and close files too).
+	var fill []int
+	for {
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+		if err != nil {
+			break
+		}
+		fill = append(fill, fd)
+	}
+	_, werr := io.WriteString(conn, "GET /cache/c?key=k HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, rerr := http.ReadResponse(bufio.NewReader(conn), nil)
+	for _, fd := range fill {
+		syscall.Close(fd)
+	}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &was); err != nil {
+		t.Fatal(err)
+	}
+	if werr != nil || rerr != nil {
+		t.Fatal(werr, rerr)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("out of sockets: %d %q (Retry-After %q), want 503 with Retry-After", resp.StatusCode, body, resp.Header.Get("Retry-After"))
+	}
+	if b := pooledBreaker(t, "r", up.URL); b.state() != gobreaker.StateClosed {
+		t.Fatalf("the breaker is %v after the gateway ran out of sockets", b.state())
+	}
+	expect(t, g.get("/cache/c?key=k"), 404, "Key Not Found")
+}
+
+// A topic hub outlives its last subscriber for linger, so that the next
+// poll finds it; it must not keep its upstream subscription from others.
+// A client that touches topic after topic and leaves each would otherwise
+// hold every one of the region's max_subscriptions.
+func TestLingeringTopicsYieldTheirSubscriptions(t *testing.T) {
+	up, _ := localUpstream(t, "t")
+	g := startGateway(t, "\tmomento {\n\t\tregion r {\n\t\t\tendpoint "+up.URL+"\n\t\t\ttoken t\n\t\t\tmax_subscriptions 3\n\t\t}\n\t}")
+	rs := pooledRegionState(t, "r", up.URL)
+	for i := range 10 {
+		ctx, cancel := context.WithCancel(context.Background())
+		errc := make(chan error, 1)
+		before := up.hits.Load()
+		go func() {
+			_, err := (&subscriber{g: g, path: fmt.Sprintf("/topics/c/junk%d", i)}).poll(ctx)
+			errc <- err
+		}()
+		// Its hub has subscribed upstream, or the poll was refused.
+		var refused error
+		waitFor(t, func() bool {
+			select {
+			case refused = <-errc:
+				return true
+			default:
+				return up.hits.Load() > before
+			}
+		})
+		cancel()
+		if refused != nil {
+			t.Fatalf("topic %d, with the earlier ones lingering: %v", i, refused)
+		}
+		<-errc
+		if n := rs.subscriptions.Load(); n > 3 {
+			t.Fatalf("%d subscriptions open, over max_subscriptions 3", n)
+		}
+	}
+	// Another client's topic still gets a subscription, and its messages.
+	s := &subscriber{g: g, path: "/topics/c/victim"}
+	got := make(chan []message, 1)
+	go func() { msgs, _ := s.poll(context.Background()); got <- msgs }()
+	waitFor(t, func() bool { _, waiting := rs.hubs.counts(); return waiting == 1 })
+	expect(t, g.publish("/topics/c/victim", "text/plain", "hello"), http.StatusNoContent, "")
+	if msgs := <-got; len(msgs) != 1 || msgs[0].value != "hello" {
+		t.Fatalf("the victim got %v", msgs)
+	}
+}
+
+// With max_ops_per_client, one address cannot spend the region's
+// operations (Momento admits 100 a second per region by default) for
+// everyone: past its budget it gets 429 with Retry-After, and nothing
+// reaches the region; reads answered by the local cache cost nothing, and
+// other addresses are served.
+func TestOneClientCannotSpendTheRegionForOthers(t *testing.T) {
+	up, _ := localUpstream(t, "t")
+	g := runCaddyfile(t, func(port int, logPath string) string {
+		return strings.Replace(globalOptions("off", logPath), "{\n", "{\n\tmomento {\n\t\tmax_ops_per_client 5\n\t}\n", 1) +
+			fmt.Sprintf(":%d {\n\tbind 127.0.0.1\n\tmomento {\n%s\t\tlocal_cache {\n\t\t\tmax_age 1m\n\t\t}\n\t}\n}\n", port, regionBlock("r", up.URL, "t"))
+	})
+	clientOps().InvalidateAll() // budgets outlive configs: start from full
+	before := up.hits.Load()
+	ok, refused, stored := 0, 0, ""
+	for i := range 50 {
+		key := fmt.Sprintf("k%d", i)
+		r := g.put("/cache/c?ttl_seconds=60&key="+key, "v")
+		switch r.status {
+		case http.StatusNoContent:
+			ok++
+			stored = key
+		case http.StatusTooManyRequests:
+			refused++
+			if !strings.Contains(r.body, "max_ops_per_client (5 calls a second") || r.header.Get("Retry-After") == "" {
+				t.Fatalf("refusal: %q, Retry-After %q", r.body, r.header.Get("Retry-After"))
+			}
+		default:
+			t.Fatalf("write %d: %d %s", i, r.status, r.body)
+		}
+	}
+	// Five at once, and five a second after: the loop takes well under 5 s.
+	if refused == 0 || ok > 30 {
+		t.Fatalf("%d writes stored and %d refused, want most refused", ok, refused)
+	}
+	if n := up.hits.Load() - before; n != int64(ok) {
+		t.Fatalf("%d writes stored but %d reached the region", ok, n)
+	}
+	// Reads the local cache answers cost nothing (the item is cached by
+	// its first read, which may itself have to wait for the budget).
+	waitFor(t, func() bool { return g.get("/cache/c?key="+stored).status == 200 })
+	for range 20 {
+		expect(t, g.get("/cache/c?key="+stored), 200, "v")
+	}
+	// Another address has its own budget.
+	other := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).DialContext}}
+	req, _ := http.NewRequest(http.MethodPut, g.base+"/cache/c?key=other&ttl_seconds=60", strings.NewReader("v"))
+	resp, err := other.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("another address got %d", resp.StatusCode)
 	}
 }

@@ -138,7 +138,11 @@ func (rh *regionHubs) join(rg *region, key hubKey, cur cursor, set hubSettings, 
 	defer rh.mu.Unlock()
 	hb := rh.byKey[key]
 	if hb == nil {
-		if n := rg.state.subscriptions.Add(1); n > int64(rg.maxSubscriptions) {
+		n := rg.state.subscriptions.Add(1)
+		if n > int64(rg.maxSubscriptions) && rh.evictIdle() {
+			n = rg.state.subscriptions.Load()
+		}
+		if n > int64(rg.maxSubscriptions) {
 			rg.state.subscriptions.Add(-1)
 			return nil, tooManySubscriptions(rg)
 		}
@@ -163,6 +167,34 @@ func (rh *regionHubs) join(rg *region, key hubKey, cur cursor, set hubSettings, 
 	}
 	hb.mu.Unlock()
 	return hb, nil
+}
+
+// evictIdle ends one hub that nobody waits on (it lingers), to give its
+// upstream subscription to a topic someone waits for: a lingering hub only
+// saves a client's next poll the trip, and must never keep max_subscriptions
+// from other clients (a client could otherwise touch many topics in turn
+// and hold them all). It reports whether it freed one. Callers hold rh.mu.
+func (rh *regionHubs) evictIdle() bool {
+	for key, hb := range rh.byKey {
+		hb.mu.Lock()
+		idle := hb.waiters == 0 && !hb.gone
+		if idle {
+			hb.gone = true
+			if hb.linger != nil {
+				hb.linger.Stop()
+				hb.linger = nil
+			}
+			hb.owner.subscriptions.Add(-1)
+			hb.region.Load().metrics.hubs.Dec()
+		}
+		hb.mu.Unlock()
+		if idle {
+			delete(rh.byKey, key)
+			hb.stop()
+			return true
+		}
+	}
+	return false
 }
 
 // leave removes a waiter. The last one starts the linger: a client that
@@ -352,6 +384,11 @@ func (hb *hub) run(ctx context.Context, cur cursor) {
 			return // the hub ended: says nothing about the region
 		case err != nil && errors.Is(err, errUpstreamTimeout):
 			// A quiet topic: poll again.
+		case err != nil && localExhaustion(err):
+			// This machine is out of sockets: not the region's doing.
+			b.record(errExcluded)
+			hb.logger.Warn("topic hub: gateway out of sockets", zap.String("region", rg.name), zap.Error(err))
+			backoff = pause(ctx, backoff, 0)
 		case err != nil:
 			b.record(errUpstreamFailure)
 			hb.logger.Debug("topic hub: region unreachable", zap.String("region", rg.name), zap.Error(err))

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/maypok86/otter/v2"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -101,4 +102,52 @@ func tooManySubscriptions(rg *region) *refusal {
 
 func tooMany(msg string) *refusal {
 	return &refusal{status: http.StatusTooManyRequests, msg: msg + "; retry in 1 s", retryAfter: waitRetryAfter}
+}
+
+// clientOps holds each client address's budget of calls to the regions
+// (max_ops_per_client), in every config: a reload does not refill it.
+// Addresses idle for a while are forgotten (their budget is full again by
+// then), and the number kept is bounded.
+var clientOps = sync.OnceValue(func() *otter.Cache[string, *opBudget] {
+	return otter.Must(&otter.Options[string, *opBudget]{
+		MaximumSize:      1 << 20,
+		ExpiryCalculator: otter.ExpiryAccessing[string, *opBudget](opBudgetIdle),
+	})
+})
+
+// opBudgetIdle is how long an address's budget is kept after its last
+// call: longer than a full budget takes to refill.
+const opBudgetIdle = 10 * time.Second
+
+// opBudget is a token bucket: up to max_ops_per_client calls at once,
+// refilled at max_ops_per_client a second.
+type opBudget struct {
+	mu     sync.Mutex
+	tokens float64
+	last   time.Time
+}
+
+// admitOp takes one call to a region from the client's budget, or refuses
+// it with 429 before anything is sent.
+func (a *App) admitOp(r *http.Request) *refusal {
+	limit := a.limits().maxOpsPerClient
+	if limit <= 0 {
+		return nil
+	}
+	client, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	b, _ := clientOps().ComputeIfAbsent(client, func() (*opBudget, bool) {
+		return &opBudget{tokens: float64(limit), last: time.Now()}, false
+	})
+	now := time.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.tokens = min(float64(limit), b.tokens+now.Sub(b.last).Seconds()*float64(limit))
+	b.last = now
+	if b.tokens < 1 {
+		wait := time.Duration((1 - b.tokens) / float64(limit) * float64(time.Second))
+		return &refusal{status: http.StatusTooManyRequests, retryAfter: wait,
+			msg: fmt.Sprintf("client %s has used its max_ops_per_client (%d calls a second to the regions); retry in %d s", client, limit, retryAfterSeconds(wait))}
+	}
+	b.tokens--
+	return nil
 }

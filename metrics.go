@@ -119,6 +119,18 @@ var (
 		"caddy_momento_topic_messages_fanned_out_total",
 		"Topic messages handed to subscribers by the hubs, per region (one message to N subscribers counts N).",
 		[]string{"region"}, nil)
+	readsDesc = prometheus.NewDesc(
+		"caddy_momento_reads_total",
+		"GETs by how they were served: hit (local cache, fresh), miss (an upstream call), coalesced (joined a call in flight), stale (local cache, the region failing).",
+		[]string{"region", "served"}, nil)
+	evictionsDesc = prometheus.NewDesc(
+		"caddy_momento_local_cache_evictions_total",
+		"Entries the region's local read caches dropped for room.",
+		[]string{"region"}, nil)
+	cachedBytesDesc = prometheus.NewDesc(
+		"caddy_momento_local_cache_bytes",
+		"Bytes the region's local read caches hold (keys, values, overhead), within their max_size.",
+		[]string{"region"}, nil)
 )
 
 // Describe implements prometheus.Collector.
@@ -126,6 +138,9 @@ func (c regionGauges) Describe(ch chan<- *prometheus.Desc) {
 	ch <- breakerStateDesc
 	ch <- subscriptionsDesc
 	ch <- fannedOutDesc
+	ch <- readsDesc
+	ch <- evictionsDesc
+	ch <- cachedBytesDesc
 }
 
 // Collect implements prometheus.Collector.
@@ -134,6 +149,12 @@ func (c regionGauges) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(breakerStateDesc, prometheus.GaugeValue, stateValue(rg.state.breaker.state()), rg.name)
 		ch <- prometheus.MustNewConstMetric(subscriptionsDesc, prometheus.GaugeValue, float64(rg.state.subscriptions.Load()), rg.name)
 		ch <- prometheus.MustNewConstMetric(fannedOutDesc, prometheus.CounterValue, float64(rg.state.fannedOut.Load()), rg.name)
+		st := rg.state.reads.stats()
+		for served, n := range map[string]int64{"hit": st.hits, "miss": st.misses, "coalesced": st.coalesced, "stale": st.stale} {
+			ch <- prometheus.MustNewConstMetric(readsDesc, prometheus.CounterValue, float64(n), rg.name, served)
+		}
+		ch <- prometheus.MustNewConstMetric(evictionsDesc, prometheus.CounterValue, float64(st.evictions), rg.name)
+		ch <- prometheus.MustNewConstMetric(cachedBytesDesc, prometheus.GaugeValue, float64(st.bytes), rg.name)
 	}
 }
 

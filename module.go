@@ -121,6 +121,15 @@ type Handler struct {
 	// naming the region that served it, e.g. "Momento-Region".
 	RegionHeader string `json:"region_header,omitempty"`
 
+	// Concurrent GETs of one item share one upstream call: "on" (default)
+	// or "off". A GET never joins a call that began before a write of the
+	// item through this gateway finished.
+	Coalesce string `json:"coalesce,omitempty"`
+
+	// A local cache of the region's answers to GETs, answering hot reads
+	// without the region, and stale ones when it fails. Default: none.
+	LocalCache *LocalCacheConfig `json:"local_cache,omitempty"`
+
 	// appRegions names the regions of the global options, when known (the
 	// Caddyfile adapter reads them from the options, Provision from the
 	// app), so Validate can check references to them.
@@ -137,11 +146,13 @@ type Handler struct {
 	regions       []*region
 	routes        []compiledRoute
 	defaultRegion *region
-	rejectClient  bool
-	timeout       time.Duration
-	maxItemSize   int64
-	maxKeySize    int64
-	logger        *zap.Logger
+	// localCaches are the local_cache of each region, nil without one.
+	localCaches  map[*regionState]*localCache
+	rejectClient bool
+	timeout      time.Duration
+	maxItemSize  int64
+	maxKeySize   int64
+	logger       *zap.Logger
 }
 
 // Defaults, as documented on the fields.
@@ -226,6 +237,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	case len(h.regions) == 1:
 		h.defaultRegion = h.regions[0]
 	}
+	if h.LocalCache != nil {
+		// Looked up once here, not on every read.
+		h.localCaches = make(map[*regionState]*localCache, len(h.regions))
+		for _, rg := range h.regions {
+			h.localCaches[rg.state] = rg.state.reads.cacheFor(h.LocalCache)
+		}
+	}
 	return nil
 }
 
@@ -278,6 +296,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call) (status
 	if h.RegionHeader != "" {
 		w.Header().Set(h.RegionHeader, c.region.name)
 	}
+	if c.op == opGet && (h.LocalCache != nil || h.coalesce()) {
+		return h.read(w, r, c)
+	}
 	if c.op == opSubscribe {
 		switch {
 		case !h.app.topics().hubOff:
@@ -285,9 +306,14 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call) (status
 		case wantsEventStream(r):
 			return refuse(http.StatusNotAcceptable, "Server-Sent Events need the topic hub, which is off here (topics { hub off }): long-poll this topic instead").write(w), false
 		}
+	} else if rf := h.app.admitOp(r); rf != nil {
+		return rf.write(w), false
 	}
 	return h.proxy(w, r, c)
 }
+
+// coalesce reports whether concurrent GETs of an item share a call.
+func (h *Handler) coalesce() bool { return h.Coalesce != "off" }
 
 // checkCall applies the handler's own rules to a well-formed call, and
 // puts the key or topic prefix in place.

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -154,6 +155,11 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status
 	}
 
 	resp, err := transport.RoundTrip(out)
+	if c.op == opSet || c.op == opDelete {
+		// Whatever the region answered, the item may have changed: reads
+		// from now on see it, before the client hears back.
+		rg.state.reads.wrote(readKey{c.cache, c.key}, c)
+	}
 	if body != nil {
 		// RoundTrip returns when the answer's headers arrive, or it fails,
 		// while the transport may still be sending the upload: end that
@@ -219,8 +225,13 @@ func (ex *exchange) trace() *httptrace.ClientTrace {
 // copyAnswer streams the region's answer to the client and tells a failing
 // region (readErr) from a departed client (writeErr). Each read from the
 // region must return within timeout; writes to the client are not timed
-// here (Caddy's own write timeouts bound a stalled client), and slowClient
-// reports a write that took longer than timeout.
+// here (Caddy's own write timeouts bound a stalled client).
+//
+// slowClient reports that the client set the pace: one write took longer
+// than timeout, or writes to the client took most of the exchange. The
+// region is read only as fast as the client reads, so a region that ends
+// an answer it could not send in time (a send deadline of its own) was
+// held up by the client, not failing.
 func (ex *exchange) copyAnswer(w io.Writer, r io.Reader, size int64, timeout time.Duration) (readErr, writeErr error, slowClient bool) {
 	pool := &bufPool
 	if size >= largeBody {
@@ -229,6 +240,8 @@ func (ex *exchange) copyAnswer(w io.Writer, r io.Reader, size int64, timeout tim
 	bp := pool.Get().(*[]byte)
 	defer pool.Put(bp)
 	buf := *bp
+	began := time.Now()
+	var writing time.Duration
 	for {
 		ex.timer.Reset(timeout)
 		n, err := r.Read(buf)
@@ -238,13 +251,15 @@ func (ex *exchange) copyAnswer(w io.Writer, r io.Reader, size int64, timeout tim
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return nil, werr, slowClient
 			}
-			slowClient = slowClient || time.Since(start) > timeout
+			took := time.Since(start)
+			writing += took
+			slowClient = slowClient || took > timeout
 		}
 		if err == io.EOF {
 			return nil, nil, slowClient
 		}
 		if err != nil {
-			return err, nil, slowClient
+			return err, nil, slowClient || writing > time.Since(began)/2
 		}
 	}
 }
@@ -360,11 +375,27 @@ func (h *Handler) roundTripFailed(ctx context.Context, w http.ResponseWriter, r 
 		// either way not the region's doing.
 		h.logger.Error("upstream request not sent", zap.String("region", rg.name), zap.String("op", c.op.String()), zap.Error(unwrapURLError(err)))
 		return refuse(http.StatusInternalServerError, "the gateway could not send this request to the region").write(w), errExcluded
+	case localExhaustion(err):
+		// The gateway's own machine is out of sockets (file descriptors,
+		// ports, buffers), which clients can bring about by holding
+		// connections: not the region's doing, and it must not open the
+		// region's breaker for everyone.
+		h.logger.Error("gateway out of sockets: raise the open files limit (LimitNOFILE), or bound slow clients with the server's read_body timeout",
+			zap.String("region", rg.name), zap.Error(unwrapURLError(err)))
+		return (&refusal{status: http.StatusServiceUnavailable, msg: "the gateway is out of connections; try again shortly",
+			retryAfter: time.Second}).write(w), errExcluded
 	}
 	err = unwrapURLError(err)
 	h.logger.Warn("region unreachable", zap.String("region", rg.name), zap.String("endpoint", rg.endpoint), zap.Error(err))
 	return refuse(http.StatusBadGateway, fmt.Sprintf(
 		"region %s could not be reached (%s)", rg.name, describeNetError(err))).write(w), errUpstreamFailure
+}
+
+// localExhaustion reports whether err is this machine running out of
+// something a connection needs, rather than the region failing.
+func localExhaustion(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM) || errors.Is(err, syscall.EADDRNOTAVAIL)
 }
 
 // unwrapURLError drops the *url.Error wrapper, whose message repeats the

@@ -46,7 +46,7 @@ func TestOverHTTPSWithEachProtocol(t *testing.T) {
 				"\t\troute cut-* cut\n\t\troute failing-* failing\n\t\troute slow-* slow\n\t\tdefault_region r\n" +
 				"\t\tbreaker {\n\t\t\tfailures 2\n\t\t\topen_for 1m\n\t\t}\n"
 			// Under /short/, a timeout short enough for a stalled upload.
-			g := startGatewayTLS(t, proto, "\thandle_path /short/* {\n\t\tmomento {\n"+regions+"\t\ttimeout 300ms\n\t\t}\n\t}\n\tmomento {\n"+regions+"\t}")
+			g := startGatewayTLS(t, proto, "\thandle_path /short/* {\n\t\tmomento {\n"+regions+"\t\ttimeout 100ms\n\t\t}\n\t}\n\tmomento {\n"+regions+"\t}")
 
 			// Round trips.
 			expect(t, g.put("/cache/c?key=k&ttl_seconds=60", "v"), http.StatusNoContent, "")
@@ -78,7 +78,7 @@ func TestOverHTTPSWithEachProtocol(t *testing.T) {
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			pw.Close()
-			if resp.StatusCode != http.StatusRequestTimeout || !strings.Contains(string(body), "the value stopped arriving for 300ms; nothing was stored") {
+			if resp.StatusCode != http.StatusRequestTimeout || !strings.Contains(string(body), "the value stopped arriving for 100ms; nothing was stored") {
 				t.Fatalf("stalled upload: %d %q", resp.StatusCode, body)
 			}
 			if lh.Len() != 1 {

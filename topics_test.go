@@ -218,7 +218,7 @@ func TestTopicValidationAtTheEdge(t *testing.T) {
 }
 
 func TestLongPollsDoNotTripTheBreaker(t *testing.T) {
-	g, _, _ := topicsGateway(t, "\t\ttimeout 100ms\n\t\tsubscribe_timeout 400ms\n\t\tbreaker {\n\t\t\tfailures 1\n\t\t}\n")
+	g, _, _ := topicsGateway(t, "\t\ttimeout 100ms\n\t\tsubscribe_timeout 250ms\n\t\tbreaker {\n\t\t\tfailures 1\n\t\t}\n")
 
 	// A long poll held past `timeout` (but within subscribe_timeout) is
 	// answered when the message arrives.
@@ -230,7 +230,7 @@ func TestLongPollsDoNotTripTheBreaker(t *testing.T) {
 		}
 		got <- msgs
 	}()
-	<-time.After(250 * time.Millisecond) // longer than timeout: the point of the test
+	<-time.After(150 * time.Millisecond) // longer than timeout: the point of the test
 	expect(t, g.publish("/topics/c/slow", "text/plain", "late"), http.StatusNoContent, "")
 	if msgs := <-got; len(msgs) != 1 || msgs[0].value != "late" {
 		t.Fatalf("long poll got %+v", msgs)

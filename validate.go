@@ -87,6 +87,12 @@ func (h *Handler) Validate() error {
 	if h.Breaker != nil && len(known) > 0 && !slices.ContainsFunc(h.Regions, func(rc RegionConfig) bool { return !rc.isReference() }) {
 		return fieldErrorf("breaker", "breaker: this handler defines no region of its own, so these settings would apply to none: set them in the region's block in the global momento options")
 	}
+	if h.Coalesce != "" && h.Coalesce != "on" && h.Coalesce != "off" {
+		return fieldErrorf("coalesce", "coalesce %q: use on or off", h.Coalesce)
+	}
+	if err := h.LocalCache.validate(); err != nil {
+		return err
+	}
 	if err := h.Breaker.validate("breaker"); err != nil {
 		return err
 	}

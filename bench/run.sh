@@ -11,7 +11,8 @@
 #
 # Workloads: get100 (GET, 100-byte value), put1k (PUT, 1 KiB), get1m (GET,
 # 1 MiB value), breaker (the gateway's answers while a region's breaker is
-# open; 503 is the expected answer). Targets: direct (wrk straight at the
+# open; 503 is the expected answer), cached (GET 100 B answered from the
+# gateway's local_cache, without the upstream). Targets: direct (wrk straight at the
 # upstream), gateway, stock, nginx; and for the breaker workload only, floor:
 # stock Caddy answering the same 503 with `respond` (bench/floor.Caddyfile),
 # the least any answer through Caddy can cost.
@@ -81,6 +82,7 @@ export BENCH_NGINX_PORT=$((BASE_PORT + 6))
 export BENCH_GW_ADMIN_PORT=$((BASE_PORT + 7))
 export BENCH_STOCK_ADMIN_PORT=$((BASE_PORT + 8))
 export BENCH_FLOOR_PORT=$((BASE_PORT + 9))
+export BENCH_GW_CACHE_PORT=$((BASE_PORT + 10))
 # Caddy's data and config directories stay under bench/out.
 export XDG_DATA_HOME="$OUT/xdg-data" XDG_CONFIG_HOME="$OUT/xdg-config"
 
@@ -350,6 +352,7 @@ url_for() {
 	get100) echo "http://127.0.0.1:$port/cache/bench?key=small" ;;
 	put1k) echo "http://127.0.0.1:$port/cache/bench?key=small&ttl_seconds=60" ;;
 	get1m) echo "http://127.0.0.1:$port/cache/bench?key=large" ;;
+	cached) echo "http://127.0.0.1:$BENCH_GW_CACHE_PORT/cache/bench?key=small" ;;
 	breaker)
 		if [ "$target" = floor ]; then
 			echo "http://127.0.0.1:$BENCH_FLOOR_PORT/cache/bench?key=small"
@@ -487,8 +490,8 @@ bench() {
 					# The breaker workload is the gateway's (and its floor's);
 					# the floor answers nothing else.
 					case "$workload:$target" in
-					breaker:gateway | breaker:floor) ;;
-					breaker:* | *:floor) continue ;;
+					breaker:gateway | breaker:floor | cached:gateway) ;;
+					breaker:* | cached:* | *:floor) continue ;;
 					esac
 					measure "$round" "$workload" "$conns" "$target"
 				done

@@ -63,8 +63,8 @@ type cell struct {
 }
 
 var (
-	workloadOrder = []string{"get100", "put1k", "get1m", "breaker"}
-	workloadName  = map[string]string{"get100": "GET 100 B", "put1k": "PUT 1 KiB", "get1m": "GET 1 MiB", "breaker": "breaker open"}
+	workloadOrder = []string{"get100", "put1k", "get1m", "breaker", "cached"}
+	workloadName  = map[string]string{"get100": "GET 100 B", "put1k": "PUT 1 KiB", "get1m": "GET 1 MiB", "breaker": "breaker open", "cached": "GET 100 B, cached"}
 	targetOrder   = []string{"direct", "gateway", "stock", "nginx", "floor"}
 )
 
@@ -267,7 +267,7 @@ func analyse(samples []sample) ([]row, []check) {
 				if t != "stock" {
 					r.vsStock = ratio(c, cell{w, n, "stock"}, rpsOf)
 				}
-				if w == "breaker" {
+				if w == "breaker" || w == "cached" {
 					r.vsProxied = ratio(c, cell{"get100", n, "gateway"}, rpsOf)
 				}
 				rows = append(rows, r)
@@ -329,6 +329,9 @@ func targets(rows []row, ratio func(a, b cell, m func(sample) float64) float64, 
 		}
 	}
 	for _, n := range conns {
+		if c := find("cached", n, "gateway"); c != nil {
+			add(fmt.Sprintf("cache hits, %d conns: local_cache GET 100 B rps / proxied GET 100 B rps", n), c.vsProxied, ">=", 2, "×")
+		}
 		if b := find("breaker", n, "gateway"); b != nil {
 			add(fmt.Sprintf("breaker open, %d conns: rejections rps / gateway GET 100 B rps", n), b.vsProxied, ">=", 3, "×")
 			if fl := find("breaker", n, "floor"); fl != nil {
@@ -352,7 +355,7 @@ var columns = []string{"workload", "conns", "target", "rps", "×direct", "×stoc
 
 func cellsOf(r row) []string {
 	vsStock := f(r.vsStock, "%.2f")
-	if r.workload == "breaker" {
+	if r.workload == "breaker" || r.workload == "cached" {
 		vsStock = "—"
 	}
 	errs := fmt.Sprintf("%.0f", r.errors)
@@ -360,7 +363,7 @@ func cellsOf(r row) []string {
 		errs += " (non-503)"
 	}
 	target := r.target
-	if r.workload == "breaker" && r.vsProxied >= 0 {
+	if (r.workload == "breaker" || r.workload == "cached") && r.vsProxied >= 0 {
 		target += fmt.Sprintf(" (%.2f× proxied)", r.vsProxied)
 	}
 	return []string{workloadName[r.workload], strconv.Itoa(r.conns), target, f(r.rps, "%.0f"),

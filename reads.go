@@ -1,0 +1,533 @@
+package momento
+
+import (
+	"cmp"
+	"context"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/maypok86/otter/v2"
+)
+
+// Reads multiply the region's read budget (Momento admits 100 operations a
+// second per region by default): concurrent GETs of one item share one
+// upstream call (coalescing, on by default), a local cache answers hot
+// reads without the region (local_cache, opt-in), and when the region
+// fails, the cache can keep answering, marked stale (stale_if_error).
+// Writes through the gateway invalidate what they change before they are
+// acknowledged, so a client always reads its own writes.
+
+// LocalCacheConfig is a handler's local read cache.
+type LocalCacheConfig struct {
+	// How old a value may be when it is answered from the cache without
+	// asking the region. Required. A write made through another gateway,
+	// or straight to Momento, shows within this long.
+	MaxAge caddy.Duration `json:"max_age"`
+
+	// The memory the cache may hold, values and keys. Default: 64 MiB.
+	MaxSize int64 `json:"max_size,omitempty"`
+
+	// When the region fails (5xx, no answer in time, unreachable, breaker
+	// open), a value cached up to this long ago is answered instead,
+	// marked stale (Age and Cache-Status headers). Default: off.
+	StaleIfError caddy.Duration `json:"stale_if_error,omitempty"`
+}
+
+// defaultCacheSize is a local cache's memory bound when max_size is unset.
+const defaultCacheSize = 64 << 20
+
+// cacheStatusName names the gateway's cache in Cache-Status (RFC 9211).
+const cacheStatusName = "momento-gateway"
+
+func (lc *LocalCacheConfig) validate() error {
+	switch {
+	case lc == nil:
+		return nil
+	case lc.MaxAge <= 0:
+		return fieldErrorf("local_cache.max_age", "local_cache needs max_age, how old a value answered from the cache may be, e.g. max_age 1s")
+	case lc.MaxSize < 0:
+		return fieldErrorf("local_cache.max_size", "local_cache max_size %d must be positive", lc.MaxSize)
+	case lc.StaleIfError < 0:
+		return fieldErrorf("local_cache.stale_if_error", "local_cache stale_if_error %s must be positive", time.Duration(lc.StaleIfError))
+	}
+	return nil
+}
+
+// readKey is an item of a region: the cache and the key's bytes as the
+// region stores them (key_prefix included), so users never share answers
+// they should not, and key and key_base64 name the same item.
+type readKey struct{ cache, key string }
+
+// regionReads is a region's read state, kept across reloads with its
+// other state: the calls in flight, and the local caches of its handlers.
+type regionReads struct {
+	// writes counts the writes made through this gateway: a call that saw
+	// one happen while in flight does not fill the caches.
+	writes atomic.Uint64
+
+	mu      sync.Mutex
+	flights map[readKey]*flight
+	caches  map[cacheSettings]*localCache
+
+	// held counts the bytes of answers that calls in flight hold for
+	// their clients (see maxHeldBytes).
+	held atomic.Int64
+
+	hits, misses, coalesced, stale atomic.Int64
+}
+
+// maxHeldBytes bounds the memory of a region's shared calls. A shared
+// call keeps its whole answer until its slowest client has it, so clients
+// that read slowly, or not at all, would otherwise make the gateway hold a
+// copy of a large value each. Past this bound, GETs are proxied one call
+// each, streamed at the client's pace, until the calls in flight are done.
+const maxHeldBytes = 64 << 20
+
+// cacheSettings identify a local cache: handlers with the same settings
+// share one.
+type cacheSettings struct {
+	maxAge, keep time.Duration
+	maxSize      int64
+}
+
+// localCache is one bounded cache of a region's items.
+type localCache struct {
+	set       cacheSettings
+	store     *otter.Cache[readKey, *cached]
+	evictions atomic.Int64
+}
+
+// cached is a region's answer to a GET (200 with the value, or 404 Key
+// Not Found), or a mark left by a write through the gateway: the item's
+// TTL, which no cached answer may outlive.
+type cached struct {
+	status      int
+	body        []byte
+	contentType []string
+	fetched     time.Time
+	expires     time.Time // zero: unknown (set elsewhere)
+	mark        bool
+}
+
+// cacheFor returns the region's local cache with these settings.
+func (rr *regionReads) cacheFor(lc *LocalCacheConfig) *localCache {
+	if lc == nil {
+		return nil
+	}
+	set := cacheSettings{maxAge: time.Duration(lc.MaxAge), maxSize: cmp.Or(lc.MaxSize, defaultCacheSize)}
+	set.keep = max(set.maxAge, time.Duration(lc.StaleIfError))
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	if c := rr.caches[set]; c != nil {
+		return c
+	}
+	c := &localCache{set: set}
+	c.store = otter.Must(&otter.Options[readKey, *cached]{
+		MaximumWeight: uint64(set.maxSize),
+		Weigher: func(k readKey, v *cached) uint32 {
+			return uint32(min(len(k.cache)+len(k.key)+len(v.body)+cachedOverhead, 1<<31))
+		},
+		// Each entry is kept for as long as it may be answered, fresh or
+		// stale, and never past the item's own TTL when known.
+		ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[readKey, *cached]) time.Duration {
+			keep := set.keep
+			if v := e.Value; !v.expires.IsZero() {
+				keep = min(keep, time.Until(v.expires))
+			}
+			return max(keep, time.Millisecond)
+		}),
+		OnDeletion: func(e otter.DeletionEvent[readKey, *cached]) {
+			if e.WasEvicted() && e.Cause == otter.CauseOverflow {
+				c.evictions.Add(1)
+			}
+		},
+	})
+	if rr.caches == nil {
+		rr.caches = map[cacheSettings]*localCache{}
+	}
+	rr.caches[set] = c
+	return c
+}
+
+// cachedOverhead is what an entry costs beyond its key and value, counted
+// against max_size (otter's node and the cached struct).
+const cachedOverhead = 200
+
+// read serves a GET through the read path: from the local cache when it
+// holds a fresh answer, else through a call shared with every concurrent
+// GET of the item, and stale from the cache when the region fails.
+func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status int, cutOff bool) {
+	rg := c.region
+	rr := &rg.state.reads
+	key := readKey{c.cache, c.key}
+	lc := h.localCaches[rg.state] // nil without local_cache
+	var entry *cached
+	if lc != nil {
+		if e, ok := lc.store.GetIfPresent(key); ok && !e.mark {
+			entry = e
+			if age := time.Since(e.fetched); age <= lc.set.maxAge {
+				rr.hits.Add(1)
+				return writeCached(w, e, "hit; ttl="+strconv.FormatInt(int64((lc.set.maxAge-age)/time.Second), 10)), false
+			}
+		}
+	}
+	if rr.held.Load() >= maxHeldBytes {
+		if rf := h.app.admitOp(r); rf != nil {
+			return rf.write(w), false
+		}
+		rr.misses.Add(1)
+		w.Header().Set("Cache-Status", cacheStatusName+"; fwd=miss")
+		return h.proxy(w, r, c)
+	}
+	f, joined, rf := rr.join(h, r, c)
+	if rf != nil {
+		return rf.write(w), false
+	}
+	defer f.leave()
+	if joined {
+		rr.coalesced.Add(1)
+	} else {
+		rr.misses.Add(1)
+	}
+	st, hdr, ok := f.wait(r.Context())
+	if !ok {
+		w.WriteHeader(499) // the client went away
+		return 499, false
+	}
+	if st >= 500 && entry != nil && lc != nil && time.Since(entry.fetched) <= lc.set.keep &&
+		(entry.expires.IsZero() || time.Now().Before(entry.expires)) {
+		// The region fails: the last answer, marked stale.
+		rr.stale.Add(1)
+		return writeCached(w, entry, "fwd=stale; fwd-status="+strconv.Itoa(st)+"; detail=stale-if-error"), false
+	}
+	fwd := "fwd=miss"
+	if joined {
+		fwd += "; collapsed"
+	}
+	for k, v := range hdr {
+		w.Header()[k] = v
+	}
+	w.Header().Set("Cache-Status", cacheStatusName+"; "+fwd)
+	w.WriteHeader(st)
+	body, cut := f.copyTo(r.Context(), w, clientStall)
+	if cut {
+		return st, true
+	}
+	if lc != nil && !body.failed && (st == http.StatusOK || st == http.StatusNotFound && string(body.bytes) == "Key Not Found") {
+		rr.fill(lc, f, key, st, body.bytes, hdr["Content-Type"])
+	}
+	return st, false
+}
+
+// fill caches a call's answer, unless a write through this gateway
+// happened since the call began: a client always reads its own writes.
+// It holds rr.mu, as wrote does, so that no write falls between the check
+// and the fill.
+func (rr *regionReads) fill(lc *localCache, f *flight, key readKey, status int, body []byte, contentType []string) {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	if f.started == rr.writes.Load() {
+		lc.fill(key, status, body, contentType, f.began)
+	}
+}
+
+// fill caches an answer, bounded by a TTL a write through the gateway left.
+func (lc *localCache) fill(key readKey, status int, body []byte, contentType []string, fetched time.Time) {
+	e := &cached{status: status, body: body, contentType: contentType, fetched: fetched}
+	if prev, ok := lc.store.GetIfPresent(key); ok {
+		e.expires = prev.expires
+	}
+	if !e.expires.IsZero() && !time.Now().Before(e.expires) {
+		return
+	}
+	lc.store.Set(key, e)
+}
+
+// writeCached answers from a cached entry.
+func writeCached(w http.ResponseWriter, e *cached, cacheStatus string) int {
+	hdr := w.Header()
+	hdr["Content-Type"] = e.contentType
+	if e.status != http.StatusOK {
+		hdr["Content-Type"] = plainText
+	}
+	hdr["X-Content-Type-Options"] = noSniff
+	hdr["Content-Length"] = []string{strconv.Itoa(len(e.body))}
+	hdr.Set("Age", strconv.FormatInt(int64(time.Since(e.fetched)/time.Second), 10))
+	hdr.Set("Cache-Status", cacheStatusName+"; "+cacheStatus)
+	w.WriteHeader(e.status)
+	_, _ = w.Write(e.body)
+	return e.status
+}
+
+// wrote records a write (set or delete) of an item through this gateway,
+// before it is acknowledged: the calls in flight for it are left to the
+// clients already in them, and the caches forget it (a set leaves its TTL
+// behind, which no answer cached later may outlive).
+func (rr *regionReads) wrote(key readKey, c *call) {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	rr.writes.Add(1)
+	delete(rr.flights, key)
+	for _, lc := range rr.caches {
+		if c.op == opSet {
+			lc.store.Set(key, &cached{mark: true, expires: time.Now().Add(time.Duration(c.ttl) * time.Second)})
+		} else {
+			lc.store.Invalidate(key)
+		}
+	}
+}
+
+// purge empties the region's local caches, or only the entries of one
+// cache (a Momento cache) when cacheName is not empty. It returns how many
+// entries went.
+func (rr *regionReads) purge(cacheName string) int {
+	rr.mu.Lock()
+	caches := make([]*localCache, 0, len(rr.caches))
+	for _, lc := range rr.caches {
+		caches = append(caches, lc)
+	}
+	rr.mu.Unlock()
+	n := 0
+	for _, lc := range caches {
+		for k := range lc.store.Keys() {
+			if cacheName == "" || k.cache == cacheName {
+				if _, ok := lc.store.Invalidate(k); ok {
+					n++
+				}
+			}
+		}
+	}
+	return n
+}
+
+// stop ends the caches' background work.
+func (rr *regionReads) stop() {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	for _, lc := range rr.caches {
+		lc.store.StopAllGoroutines()
+	}
+}
+
+// cacheStats are a region's read figures, summed over its caches.
+type cacheStats struct {
+	hits, misses, coalesced, stale, evictions, bytes int64
+}
+
+func (rr *regionReads) stats() cacheStats {
+	s := cacheStats{hits: rr.hits.Load(), misses: rr.misses.Load(), coalesced: rr.coalesced.Load(), stale: rr.stale.Load()}
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	for _, lc := range rr.caches {
+		s.evictions += lc.evictions.Load()
+		s.bytes += int64(lc.store.WeightedSize())
+	}
+	return s
+}
+
+// flight is one upstream GET that every concurrent GET of the item shares.
+// It is an http.ResponseWriter: the proxy writes the region's answer into
+// it, as it arrives, and each client streams from it at its own pace.
+type flight struct {
+	reads *regionReads // counts the bytes held
+	// started is the region's write count when the call began; began its
+	// time.
+	started uint64
+	began   time.Time
+	header  http.Header // written by the proxy until it writes the status
+
+	// cancel ends the call when its last client has left.
+	cancel context.CancelFunc
+
+	mu       sync.Mutex
+	clients  int
+	status   int
+	body     []byte
+	done     bool
+	cut      bool // the region broke off mid-answer
+	released bool // the bytes held are given back
+	changed  chan struct{}
+}
+
+// join adds a client to the item's call in flight, or starts one. It
+// reports whether the client joined a call already made. Only a client
+// that starts a call spends its max_ops_per_client.
+func (rr *regionReads) join(h *Handler, r *http.Request, c *call) (*flight, bool, *refusal) {
+	key := readKey{c.cache, c.key}
+	rr.mu.Lock()
+	if f := rr.flights[key]; f != nil && h.coalesce() {
+		f.mu.Lock()
+		f.clients++
+		f.mu.Unlock()
+		rr.mu.Unlock()
+		return f, true, nil
+	}
+	if rf := h.app.admitOp(r); rf != nil {
+		rr.mu.Unlock()
+		return nil, false, rf
+	}
+	f := &flight{reads: rr, started: rr.writes.Load(), began: time.Now(), header: http.Header{}, changed: make(chan struct{}), clients: 1}
+	if h.coalesce() {
+		if rr.flights == nil {
+			rr.flights = map[readKey]*flight{}
+		}
+		rr.flights[key] = f
+	}
+	rr.mu.Unlock()
+	// The call belongs to no one client: it goes on when its first client
+	// leaves, for the others, and ends when the last one has.
+	fc := *c
+	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+	f.cancel = cancel
+	fr := r.WithContext(ctx)
+	go func() {
+		_, cut := h.proxy(f, fr, &fc)
+		rr.mu.Lock()
+		if rr.flights[key] == f {
+			delete(rr.flights, key)
+		}
+		rr.mu.Unlock()
+		f.finish(cut)
+		cancel()
+	}()
+	return f, false, nil
+}
+
+// leave takes a client off the call; the last one ends it, if it still runs
+// (it says nothing about the region then).
+func (f *flight) leave() {
+	f.mu.Lock()
+	f.clients--
+	last := f.clients == 0 && !f.done
+	f.releaseIfOver()
+	f.mu.Unlock()
+	if last {
+		f.cancel()
+	}
+}
+
+// releaseIfOver gives the answer's bytes back to the region's bound once
+// the call is done and its last client has left. Callers hold f.mu.
+func (f *flight) releaseIfOver() {
+	if f.done && f.clients == 0 && !f.released {
+		f.released = true
+		f.reads.held.Add(-int64(len(f.body)))
+	}
+}
+
+// Header implements http.ResponseWriter.
+func (f *flight) Header() http.Header { return f.header }
+
+// WriteHeader implements http.ResponseWriter.
+func (f *flight) WriteHeader(status int) {
+	f.mu.Lock()
+	if f.status == 0 {
+		f.status = status
+		f.notify()
+	}
+	f.mu.Unlock()
+}
+
+// Write implements http.ResponseWriter.
+func (f *flight) Write(p []byte) (int, error) {
+	f.mu.Lock()
+	if f.status == 0 {
+		f.status = http.StatusOK
+	}
+	f.body = append(f.body, p...)
+	f.reads.held.Add(int64(len(p)))
+	f.notify()
+	f.mu.Unlock()
+	return len(p), nil
+}
+
+func (f *flight) finish(cut bool) {
+	f.mu.Lock()
+	if f.status == 0 {
+		f.status = http.StatusBadGateway
+	}
+	f.done, f.cut = true, cut
+	f.releaseIfOver()
+	f.notify()
+	f.mu.Unlock()
+}
+
+// notify wakes the clients. Callers hold f.mu.
+func (f *flight) notify() {
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// wait waits for the answer's status and headers.
+func (f *flight) wait(ctx context.Context) (int, http.Header, bool) {
+	for {
+		f.mu.Lock()
+		st, ch := f.status, f.changed
+		f.mu.Unlock()
+		if st != 0 {
+			return st, f.header, true
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return 0, nil, false
+		}
+	}
+}
+
+// A client of a shared call must take stallPart of the answer within
+// clientStall, or it is dropped: the call holds the answer until every
+// client has it (see maxHeldBytes). A browser on a slow link takes 64 KiB
+// in far less; a client that stopped reading does not.
+const (
+	stallPart   = 64 << 10
+	clientStall = 30 * time.Second
+)
+
+// flightBody is what a client received of a flight's body.
+type flightBody struct {
+	bytes  []byte
+	failed bool
+}
+
+// copyTo streams the body to a client as it arrives, and reports whether
+// the region broke off (the client's answer must then be aborted). A
+// client that takes no part of the answer for stall is dropped: the call
+// holds the answer for it until it has it all.
+func (f *flight) copyTo(ctx context.Context, w http.ResponseWriter, stall time.Duration) (flightBody, bool) {
+	rc := http.NewResponseController(w)
+	defer rc.SetWriteDeadline(time.Time{}) //nolint:errcheck // best effort; see below
+	sent := 0
+	for {
+		f.mu.Lock()
+		body, done, cut, ch := f.body, f.done, f.cut, f.changed
+		f.mu.Unlock()
+		if sent < len(body) {
+			// In parts, so that the deadline is on progress, not on the
+			// whole value. (Where the connection cannot take a deadline,
+			// the client is held by the server's own timeouts.)
+			part := body[sent:min(len(body), sent+stallPart)]
+			_ = rc.SetWriteDeadline(time.Now().Add(stall))
+			if _, err := w.Write(part); err != nil {
+				return flightBody{failed: true}, false // the client went away, or stalled
+			}
+			sent += len(part)
+			if !done && sent == len(body) {
+				_ = rc.Flush()
+			}
+			continue
+		}
+		if done {
+			return flightBody{bytes: body, failed: cut}, cut
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return flightBody{failed: true}, false
+		}
+	}
+}

@@ -1,0 +1,354 @@
+package momento
+
+import (
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/momento-gateway/caddy-momento/momentolocal"
+)
+
+// switchable is a region in front of the embedded backend whose GETs can
+// be held, or made to fail, by the test.
+type switchable struct {
+	next http.Handler
+	gets atomic.Int64
+	mu   sync.Mutex
+	hold chan struct{} // GETs wait until it is closed
+	fail string        // "", "500", "hang", "reset"
+}
+
+func (s *switchable) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/cache/") {
+		s.gets.Add(1)
+		s.mu.Lock()
+		hold, fail := s.hold, s.fail
+		s.mu.Unlock()
+		if hold != nil {
+			<-hold
+		}
+		switch fail {
+		case "500":
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		case "hang":
+			<-r.Context().Done()
+			return
+		case "reset":
+			conn, _, _ := w.(http.Hijacker).Hijack()
+			_ = conn.(*net.TCPConn).SetLinger(0)
+			conn.Close()
+			return
+		}
+	}
+	s.next.ServeHTTP(w, r)
+}
+
+func (s *switchable) set(fail string, hold chan struct{}) {
+	s.mu.Lock()
+	s.fail, s.hold = fail, hold
+	s.mu.Unlock()
+}
+
+func readsGateway(t *testing.T, directives string) (*gateway, *switchable, *momentolocal.Handler, *upstream) {
+	t.Helper()
+	return readsGatewayTimeout(t, "300ms", directives)
+}
+
+// readsGatewayTimeout is readsGateway with the handler's timeout given.
+func readsGatewayTimeout(t *testing.T, timeout, directives string) (*gateway, *switchable, *momentolocal.Handler, *upstream) {
+	t.Helper()
+	lh, err := momentolocal.New(momentolocal.Handler{Token: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lh.Close() })
+	sw := &switchable{next: lh.HTTPHandler()}
+	up := newUpstream(t, sw)
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\ttimeout "+timeout+"\n\t\tbreaker {\n\t\t\tfailures 100\n\t\t}\n"+directives+"\t}")
+	return g, sw, lh, up
+}
+
+// Concurrent GETs of one item share one upstream call, and every client
+// gets the whole value.
+func TestConcurrentReadsShareOneCall(t *testing.T) {
+	g, sw, _, up := readsGateway(t, "")
+	value := make([]byte, 1<<20)
+	_, _ = rand.Read(value)
+	expect(t, g.do(http.MethodPut, "/cache/c?key=hot&ttl_seconds=600", bytes.NewReader(value)), 204, "")
+	rs := pooledRegionState(t, "r", up.URL)
+	hold := make(chan struct{})
+	sw.set("", hold)
+	const n = 20
+	var wg sync.WaitGroup
+	bodies := make([]response, n)
+	for i := range n {
+		wg.Add(1)
+		go func() { defer wg.Done(); bodies[i] = g.get("/cache/c?key=hot") }()
+	}
+	waitFor(t, func() bool { return rs.reads.coalesced.Load() == n-1 })
+	close(hold)
+	wg.Wait()
+	collapsed := 0
+	for i, r := range bodies {
+		if r.status != 200 || !bytes.Equal([]byte(r.body), value) {
+			t.Fatalf("client %d got %d and %d bytes", i, r.status, len(r.body))
+		}
+		if strings.Contains(r.header.Get("Cache-Status"), "collapsed") {
+			collapsed++
+		}
+	}
+	if got := sw.gets.Load(); got != 1 {
+		t.Fatalf("%d concurrent GETs made %d upstream calls, want 1", n, got)
+	}
+	if collapsed != n-1 {
+		t.Fatalf("%d answers say collapsed, want %d", collapsed, n-1)
+	}
+}
+
+// A GET never joins a call that began before a write of the item finished,
+// nor is answered from a cache the write made stale: a client reads its
+// own writes, with coalescing and with the local cache.
+func TestReadYourWrites(t *testing.T) {
+	for _, tc := range []struct{ name, cfg string }{{"coalescing", ""}, {"local cache", "\t\tlocal_cache {\n\t\t\tmax_age 1m\n\t\t}\n"}} {
+		cfg := tc.cfg
+		t.Run(tc.name, func(t *testing.T) {
+			g, sw, _, _ := readsGateway(t, cfg)
+			expect(t, g.put("/cache/c?key=k&ttl_seconds=600", "old"), 204, "")
+			expect(t, g.get("/cache/c?key=k"), 200, "old")
+			// A read in flight with the old value…
+			hold := make(chan struct{})
+			sw.set("", hold)
+			oldRead := make(chan response, 1)
+			go func() { oldRead <- g.get("/cache/c?key=k") }()
+			waitFor(t, func() bool { return sw.gets.Load() >= 2 || strings.Contains(cfg, "local") })
+			sw.set("", nil)
+			// …then a write, acknowledged: reads after it see it.
+			expect(t, g.put("/cache/c?key=k&ttl_seconds=600", "new"), 204, "")
+			expect(t, g.get("/cache/c?key=k"), 200, "new")
+			close(hold)
+			<-oldRead
+			expect(t, g.get("/cache/c?key=k"), 200, "new")
+			expect(t, g.do(http.MethodDelete, "/cache/c?key=k", nil), 204, "")
+			expect(t, g.get("/cache/c?key=k"), 404, "Key Not Found")
+		})
+	}
+}
+
+// The local cache answers within max_age without the region; a write made
+// behind the gateway's back shows once max_age has passed; a value written
+// through the gateway is never answered past its TTL.
+func TestLocalCacheFreshnessAndTTL(t *testing.T) {
+	lh, err := momentolocal.New(momentolocal.Handler{Token: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lh.Close() })
+	sw := &switchable{next: lh.HTTPHandler()}
+	up := newUpstream(t, sw)
+	// Under /fresh/, a short max_age; elsewhere one far longer than the
+	// one-second TTL below, so that only the TTL can end that entry.
+	g := startGateway(t, "\thandle_path /fresh/* {\n\t\tmomento {\n"+regionBlock("r", up.URL, "t")+
+		"\t\t\tlocal_cache {\n\t\t\t\tmax_age 300ms\n\t\t\t}\n\t\t}\n\t}\n"+
+		"\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\tlocal_cache {\n\t\t\tmax_age 1m\n\t\t}\n\t}")
+
+	// A TTL of one second through the gateway: never answered past it,
+	// however long max_age. (Written first: the second runs meanwhile.)
+	expect(t, g.put("/cache/c?key=brief&ttl_seconds=1", "short-lived"), 204, "")
+	written := time.Now()
+	expect(t, g.get("/cache/c?key=brief"), 200, "short-lived")
+	if r := g.get("/cache/c?key=brief"); !strings.HasPrefix(r.header.Get("Cache-Status"), "momento-gateway; hit") {
+		t.Fatalf("the brief value is not cached: %q", r.header.Get("Cache-Status"))
+	}
+
+	expect(t, g.put("/fresh/cache/c?key=k&ttl_seconds=600", "v1"), 204, "")
+	r := g.get("/fresh/cache/c?key=k")
+	expect(t, r, 200, "v1")
+	if cs := r.header.Get("Cache-Status"); cs != "momento-gateway; fwd=miss" {
+		t.Errorf("first read: Cache-Status %q", cs)
+	}
+	calls := sw.gets.Load()
+	r = g.get("/fresh/cache/c?key=k")
+	expect(t, r, 200, "v1")
+	if cs := r.header.Get("Cache-Status"); !strings.HasPrefix(cs, "momento-gateway; hit") || r.header.Get("Age") == "" {
+		t.Errorf("second read: Cache-Status %q, Age %q", cs, r.header.Get("Age"))
+	}
+	if sw.gets.Load() != calls {
+		t.Fatal("a fresh hit went to the region")
+	}
+	// Misses are cached the same way.
+	expect(t, g.get("/fresh/cache/c?key=none"), 404, "Key Not Found")
+	calls = sw.gets.Load()
+	expect(t, g.get("/fresh/cache/c?key=none"), 404, "Key Not Found")
+	if sw.gets.Load() != calls {
+		t.Fatal("a cached miss went to the region")
+	}
+
+	// Behind the gateway's back, straight at the region.
+	req, _ := http.NewRequest(http.MethodPut, up.URL+"/cache/c?key=k&ttl_seconds=600", strings.NewReader("v2"))
+	req.Header.Set("Authorization", "t")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 204 {
+		t.Fatalf("direct write: %v %v", resp, err)
+	}
+	start := time.Now()
+	waitFor(t, func() bool { return g.get("/fresh/cache/c?key=k").body == "v2" })
+	if seen := time.Since(start); seen > 300*time.Millisecond+500*time.Millisecond {
+		t.Errorf("a write behind the gateway showed after %v, more than max_age", seen)
+	}
+
+	waitFor(t, func() bool { return g.get("/cache/c?key=brief").status == 404 })
+	if gone := time.Since(written); gone > time.Second+500*time.Millisecond {
+		t.Errorf("a value with a one-second TTL was served for %v", gone)
+	}
+}
+
+// The memory bound holds: past max_size the cache evicts.
+func TestLocalCacheEvictsWithinMaxSize(t *testing.T) {
+	g, _, _, up := readsGateway(t, "\t\tlocal_cache {\n\t\t\tmax_age 1m\n\t\t\tmax_size 64KiB\n\t\t}\n")
+	value := strings.Repeat("x", 4<<10)
+	for i := range 100 {
+		expect(t, g.put(fmt.Sprintf("/cache/c?key=k%d&ttl_seconds=600", i), value), 204, "")
+		expect(t, g.get(fmt.Sprintf("/cache/c?key=k%d", i)), 200, value)
+	}
+	rs := pooledRegionState(t, "r", up.URL)
+	for _, lc := range rs.reads.caches {
+		lc.store.CleanUp()
+	}
+	st := rs.reads.stats()
+	if st.bytes > 64<<10 || st.evictions == 0 {
+		t.Fatalf("cache holds %d bytes (max_size 64 KiB) after %d evictions", st.bytes, st.evictions)
+	}
+}
+
+// stale_if_error: when the region fails, a recent enough value is answered
+// with 200, Age and Cache-Status saying it is stale; past the bound, the
+// failure passes.
+func TestStaleIfError(t *testing.T) {
+	for _, fail := range []string{"500", "hang", "reset", "breaker"} {
+		t.Run(fail, func(t *testing.T) {
+			// The stale window outlasts the hanging call's timeout.
+			g, sw, _, up := readsGatewayTimeout(t, "100ms", "\t\tlocal_cache {\n\t\t\tmax_age 10ms\n\t\t\tstale_if_error 250ms\n\t\t}\n")
+			expect(t, g.put("/cache/c?key=k&ttl_seconds=600", "last known"), 204, "")
+			expect(t, g.get("/cache/c?key=k"), 200, "last known")
+			time.Sleep(20 * time.Millisecond) // past max_age: the next read asks the region
+			if fail == "breaker" {
+				pooledBreaker(t, "r", up.URL).trip()
+			} else {
+				sw.set(fail, nil)
+			}
+			r := g.get("/cache/c?key=k")
+			expect(t, r, 200, "last known")
+			if cs := r.header.Get("Cache-Status"); !strings.Contains(cs, "fwd=stale") || r.header.Get("Age") == "" {
+				t.Fatalf("stale answer: Cache-Status %q, Age %q", cs, r.header.Get("Age"))
+			}
+			// Past stale_if_error, the failure passes.
+			waitFor(t, func() bool { return g.get("/cache/c?key=k").status >= 500 })
+		})
+	}
+}
+
+// Users never get each other's cached values: the cache is keyed by the
+// key the region stores, key_prefix included.
+func TestLocalCacheKeepsUsersApart(t *testing.T) {
+	g, _, _, _ := readsGateway(t, "\t\tkey_prefix {http.request.header.X-User}:\n\t\tlocal_cache {\n\t\t\tmax_age 1m\n\t\t}\n")
+	for _, user := range []string{"alice", "bob"} {
+		expect(t, g.do(http.MethodPut, "/cache/c?key=k&ttl_seconds=600", strings.NewReader(user+"'s"), "X-User", user), 204, "")
+	}
+	for range 2 { // the second time from the cache
+		for _, user := range []string{"alice", "bob"} {
+			if r := g.do(http.MethodGet, "/cache/c?key=k", nil, "X-User", user); r.body != user+"'s" {
+				t.Fatalf("%s read %q", user, r.body)
+			}
+		}
+	}
+}
+
+// The local cache is purged through the admin API, and kept across a
+// reload, like the breaker.
+func TestLocalCachePurgeAndReload(t *testing.T) {
+	lh, err := momentolocal.New(momentolocal.Handler{Token: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lh.Close() })
+	sw := &switchable{next: lh.HTTPHandler()}
+	up := newUpstream(t, sw)
+	site := "\tmomento {\n" + regionBlock("cached", up.URL, "t") + "\t\tlocal_cache {\n\t\t\tmax_age 1m\n\t\t}\n\t}"
+	og := startOpsGateway(t, site)
+	expect(t, og.put("/cache/c?key=k&ttl_seconds=600", "v"), 204, "")
+	expect(t, og.get("/cache/c?key=k"), 200, "v")
+	og.reload(t, site)
+	calls := sw.gets.Load()
+	r := og.get("/cache/c?key=k")
+	if !strings.HasPrefix(r.header.Get("Cache-Status"), "momento-gateway; hit") || sw.gets.Load() != calls {
+		t.Fatalf("after a reload the cache was cold: %q", r.header.Get("Cache-Status"))
+	}
+	if rd := og.regions(t)["cached"].Reads; rd.Hits != 1 || rd.Misses != 1 || rd.Saved != 1 || rd.CachedBytes == 0 {
+		t.Errorf("admin API reads: %+v", rd)
+	}
+	resp, err := adminClient.Post(og.admin+"/momento/regions/cached/purge?cache=c", "", nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("purge: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	expect(t, og.get("/cache/c?key=k"), 200, "v")
+	if sw.gets.Load() != calls+1 {
+		t.Fatal("after a purge the value still came from the cache")
+	}
+}
+
+// Clients that ask for a large value and never read it cannot make the
+// gateway hold a copy each: past a bound, GETs stream one call each at
+// the client's pace, and every other client is still answered in full.
+func TestClientsThatDoNotReadCannotFillTheGatewayMemory(t *testing.T) {
+	g, sw, _, up := readsGateway(t, "")
+	value := make([]byte, 4<<20)
+	_, _ = rand.Read(value)
+	expect(t, g.do(http.MethodPut, "/cache/c?key=big&ttl_seconds=600", bytes.NewReader(value)), 204, "")
+	rs := pooledRegionState(t, "r", up.URL)
+	inFlight := func() int {
+		rs.reads.mu.Lock()
+		defer rs.reads.mu.Unlock()
+		return len(rs.reads.flights)
+	}
+
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const clients = 40 // 160 MiB of copies, were each one held
+	for i := range clients {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(g.base, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_ = conn.(*net.TCPConn).SetReadBuffer(4 << 10)
+		if _, err := io.WriteString(conn, "GET /cache/c?key=big HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		// One at a time, each after the last call is done, so that none
+		// shares another's call: the worst case.
+		waitFor(t, func() bool { return sw.gets.Load() == int64(i+1) && inFlight() == 0 })
+	}
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	grew := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	if bound := int64(maxHeldBytes + 4*len(value)); grew > bound {
+		t.Fatalf("%d clients that do not read a %d MiB value grew the heap by %d MiB (held by shared calls: %d MiB), want at most %d MiB",
+			clients, len(value)>>20, grew>>20, rs.reads.held.Load()>>20, bound>>20)
+	}
+	// Everyone else is still answered, in full.
+	if r := g.get("/cache/c?key=big"); r.status != 200 || r.body != string(value) {
+		t.Fatalf("another client got %d and %d bytes", r.status, len(r.body))
+	}
+}
