@@ -233,16 +233,19 @@ func TestLocalCacheEvictsWithinMaxSize(t *testing.T) {
 // with 200, Age and Cache-Status saying it is stale; past the bound, the
 // failure passes.
 func TestStaleIfError(t *testing.T) {
-	for _, fail := range []string{"500", "hang", "reset", "breaker"} {
+	for _, fail := range []string{"500", "hang", "reset", "refused", "breaker"} {
 		t.Run(fail, func(t *testing.T) {
 			// The stale window outlasts the hanging call's timeout.
 			g, sw, _, up := readsGatewayTimeout(t, "100ms", "\t\tlocal_cache {\n\t\t\tmax_age 10ms\n\t\t\tstale_if_error 250ms\n\t\t}\n")
 			expect(t, g.put("/cache/c?key=k&ttl_seconds=600", "last known"), 204, "")
 			expect(t, g.get("/cache/c?key=k"), 200, "last known")
 			time.Sleep(20 * time.Millisecond) // past max_age: the next read asks the region
-			if fail == "breaker" {
+			switch fail {
+			case "breaker":
 				pooledBreaker(t, "r", up.URL).trip()
-			} else {
+			case "refused": // the region's listener is gone
+				up.srv.Close()
+			default:
 				sw.set(fail, nil)
 			}
 			r := g.get("/cache/c?key=k")
