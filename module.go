@@ -247,6 +247,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// Cleanup lets go of the handler's local caches (see regionReads.release).
+func (h *Handler) Cleanup() error {
+	for rs, lc := range h.localCaches {
+		rs.reads.release(lc)
+	}
+	return nil
+}
+
 // ServeHTTP is the whole story of a request: parse it once, serve it,
 // count it once.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
@@ -401,5 +409,6 @@ func (c *call) setPlaceholders(r *http.Request) {
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

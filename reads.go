@@ -99,6 +99,7 @@ type localCache struct {
 	set       cacheSettings
 	store     *otter.Cache[readKey, *cached]
 	evictions atomic.Int64
+	users     int // handlers holding it, under regionReads.mu
 }
 
 // cached is a region's answer to a GET (200 with the value, or 404 Key
@@ -113,7 +114,8 @@ type cached struct {
 	mark        bool
 }
 
-// cacheFor returns the region's local cache with these settings.
+// cacheFor returns the region's local cache with these settings, for a
+// handler that lets go of it with release.
 func (rr *regionReads) cacheFor(lc *LocalCacheConfig) *localCache {
 	if lc == nil {
 		return nil
@@ -123,9 +125,10 @@ func (rr *regionReads) cacheFor(lc *LocalCacheConfig) *localCache {
 	rr.mu.Lock()
 	defer rr.mu.Unlock()
 	if c := rr.caches[set]; c != nil {
+		c.users++
 		return c
 	}
-	c := &localCache{set: set}
+	c := &localCache{set: set, users: 1}
 	c.store = otter.Must(&otter.Options[readKey, *cached]{
 		MaximumWeight: uint64(set.maxSize),
 		Weigher: func(k readKey, v *cached) uint32 {
@@ -151,6 +154,21 @@ func (rr *regionReads) cacheFor(lc *LocalCacheConfig) *localCache {
 	}
 	rr.caches[set] = c
 	return c
+}
+
+// release lets go of a cache cacheFor returned. A cache that no handler
+// holds any more (a reload changed its settings, or removed it) is
+// emptied and dropped: otherwise its entries would stay in memory, since
+// nothing reads them. A reload that keeps the settings keeps the cache: the
+// new config takes it before the old one lets go.
+func (rr *regionReads) release(c *localCache) {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	if c.users--; c.users > 0 {
+		return
+	}
+	delete(rr.caches, c.set)
+	c.store.InvalidateAll()
 }
 
 // cachedOverhead is what an entry costs beyond its key and value, counted

@@ -307,6 +307,16 @@ func TestLocalCachePurgeAndReload(t *testing.T) {
 	if sw.gets.Load() != calls+1 {
 		t.Fatal("after a purge the value still came from the cache")
 	}
+
+	// A reload that changes local_cache starts a new cache, and the old
+	// one lets go of its memory.
+	og.reload(t, strings.Replace(site, "max_age 1m", "max_age 2m", 1))
+	if rd := og.regions(t)["cached"].Reads; rd.CachedBytes != 0 {
+		t.Errorf("after a reload with new settings the region still holds %d cached bytes", rd.CachedBytes)
+	}
+	if r := og.get("/cache/c?key=k"); r.status != 200 || !strings.Contains(r.header.Get("Cache-Status"), "fwd=miss") {
+		t.Errorf("first read under the new settings: %d, Cache-Status %q", r.status, r.header.Get("Cache-Status"))
+	}
 }
 
 // Clients that ask for a large value and never read it cannot make the
