@@ -83,7 +83,10 @@ type ReadCounts struct {
 	Coalesced int64 `json:"coalesced"`
 	// Answered from a local cache, stale, because the region failed.
 	Stale int64 `json:"stale"`
-	// Upstream calls saved: hits and coalesced reads.
+	// Calls made ahead of time to renew a cached item nearing max_age, so
+	// that its readers do not wait for it (each one an upstream call).
+	Renewals int64 `json:"renewals"`
+	// Upstream calls saved: hits and coalesced reads, less the renewals.
 	Saved int64 `json:"upstream_calls_saved"`
 	// Entries the local caches dropped for room.
 	Evictions int64 `json:"evictions"`
@@ -119,8 +122,8 @@ func statusOf(rg *region) RegionStatus {
 	}
 	rs.TopicHubs, rs.TopicWaiters = rg.state.hubs.counts()
 	rd := rg.state.reads.stats()
-	rs.Reads = ReadCounts{Hits: rd.hits, Misses: rd.misses, Coalesced: rd.coalesced, Stale: rd.stale,
-		Saved: rd.hits + rd.coalesced, Evictions: rd.evictions, CachedBytes: rd.bytes}
+	rs.Reads = ReadCounts{Hits: rd.hits, Misses: rd.misses, Coalesced: rd.coalesced, Stale: rd.stale, Renewals: rd.renewals,
+		Saved: rd.hits + rd.coalesced - rd.renewals, Evictions: rd.evictions, CachedBytes: rd.bytes}
 	if st == gobreaker.StateOpen {
 		rs.RetryAfterSeconds = retryAfterSeconds(b.retryAfter(time.Now()))
 	}

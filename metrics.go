@@ -123,6 +123,10 @@ var (
 		"caddy_momento_reads_total",
 		"GETs by how they were served: hit (local cache, fresh), miss (an upstream call), coalesced (joined a call in flight), stale (local cache, the region failing).",
 		[]string{"region", "served"}, nil)
+	renewalsDesc = prometheus.NewDesc(
+		"caddy_momento_local_cache_renewals_total",
+		"Upstream calls that renewed a cached item nearing max_age ahead of its readers.",
+		[]string{"region"}, nil)
 	evictionsDesc = prometheus.NewDesc(
 		"caddy_momento_local_cache_evictions_total",
 		"Entries the region's local read caches dropped for room.",
@@ -139,6 +143,7 @@ func (c regionGauges) Describe(ch chan<- *prometheus.Desc) {
 	ch <- subscriptionsDesc
 	ch <- fannedOutDesc
 	ch <- readsDesc
+	ch <- renewalsDesc
 	ch <- evictionsDesc
 	ch <- cachedBytesDesc
 }
@@ -153,6 +158,7 @@ func (c regionGauges) Collect(ch chan<- prometheus.Metric) {
 		for served, n := range map[string]int64{"hit": st.hits, "miss": st.misses, "coalesced": st.coalesced, "stale": st.stale} {
 			ch <- prometheus.MustNewConstMetric(readsDesc, prometheus.CounterValue, float64(n), rg.name, served)
 		}
+		ch <- prometheus.MustNewConstMetric(renewalsDesc, prometheus.CounterValue, float64(st.renewals), rg.name)
 		ch <- prometheus.MustNewConstMetric(evictionsDesc, prometheus.CounterValue, float64(st.evictions), rg.name)
 		ch <- prometheus.MustNewConstMetric(cachedBytesDesc, prometheus.GaugeValue, float64(st.bytes), rg.name)
 	}

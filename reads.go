@@ -77,7 +77,7 @@ type regionReads struct {
 	// their clients (see maxHeldBytes).
 	held atomic.Int64
 
-	hits, misses, coalesced, stale atomic.Int64
+	hits, misses, coalesced, stale, renewals atomic.Int64
 }
 
 // maxHeldBytes bounds the memory of a region's shared calls. A shared
@@ -93,6 +93,10 @@ type cacheSettings struct {
 	maxAge, keep time.Duration
 	maxSize      int64
 }
+
+// renewAfter is the age past which a hit also starts a call that renews
+// the entry (see regionReads.renew): three quarters of max_age.
+func (s cacheSettings) renewAfter() time.Duration { return s.maxAge - s.maxAge/4 }
 
 // localCache is one bounded cache of a region's items.
 type localCache struct {
@@ -112,6 +116,10 @@ type cached struct {
 	fetched     time.Time
 	expires     time.Time // zero: unknown (set elsewhere)
 	mark        bool
+	// renewing is set by the hit that starts the entry's renewal: one call
+	// per entry, so a region that fails or throttles it is not asked again
+	// and again before the entry expires.
+	renewing atomic.Bool
 }
 
 // cacheFor returns the region's local cache with these settings, for a
@@ -189,6 +197,9 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 			entry = e
 			if age := time.Since(e.fetched); age <= lc.set.maxAge {
 				rr.hits.Add(1)
+				if age > lc.set.renewAfter() && h.coalesce() && e.renewing.CompareAndSwap(false, true) {
+					rr.renew(h, r, c, lc, key)
+				}
 				return writeCached(w, e, "hit; ttl="+strconv.FormatInt(int64((lc.set.maxAge-age)/time.Second), 10)), false
 			}
 		}
@@ -333,11 +344,11 @@ func (rr *regionReads) stop() {
 
 // cacheStats are a region's read figures, summed over its caches.
 type cacheStats struct {
-	hits, misses, coalesced, stale, evictions, bytes int64
+	hits, misses, coalesced, stale, renewals, evictions, bytes int64
 }
 
 func (rr *regionReads) stats() cacheStats {
-	s := cacheStats{hits: rr.hits.Load(), misses: rr.misses.Load(), coalesced: rr.coalesced.Load(), stale: rr.stale.Load()}
+	s := cacheStats{hits: rr.hits.Load(), misses: rr.misses.Load(), coalesced: rr.coalesced.Load(), stale: rr.stale.Load(), renewals: rr.renewals.Load()}
 	rr.mu.Lock()
 	defer rr.mu.Unlock()
 	for _, lc := range rr.caches {
@@ -388,6 +399,13 @@ func (rr *regionReads) join(h *Handler, r *http.Request, c *call) (*flight, bool
 		rr.mu.Unlock()
 		return nil, false, rf
 	}
+	f := rr.start(h, r, c, key)
+	rr.mu.Unlock()
+	return f, false, nil
+}
+
+// start starts a call for the item, with one client. Callers hold rr.mu.
+func (rr *regionReads) start(h *Handler, r *http.Request, c *call, key readKey) *flight {
 	f := &flight{reads: rr, started: rr.writes.Load(), began: time.Now(), header: http.Header{}, changed: make(chan struct{}), clients: 1}
 	if h.coalesce() {
 		if rr.flights == nil {
@@ -395,7 +413,6 @@ func (rr *regionReads) join(h *Handler, r *http.Request, c *call) (*flight, bool
 		}
 		rr.flights[key] = f
 	}
-	rr.mu.Unlock()
 	// The call belongs to no one client: it goes on when its first client
 	// leaves, for the others, and ends when the last one has.
 	fc := *c
@@ -412,7 +429,34 @@ func (rr *regionReads) join(h *Handler, r *http.Request, c *call) (*flight, bool
 		f.finish(cut)
 		cancel()
 	}()
-	return f, false, nil
+	return f
+}
+
+// renew fetches an item whose cached answer is nearing max_age, unless a
+// call for it is in flight already, and caches the new answer: the item's
+// readers keep getting hits rather than all waiting for the region the
+// moment the entry expires. The call is the one the next read would have
+// made, a little earlier, so it spends no client's max_ops_per_client; a
+// region that fails it leaves the entry as it was.
+func (rr *regionReads) renew(h *Handler, r *http.Request, c *call, lc *localCache, key readKey) {
+	if rr.held.Load() >= maxHeldBytes {
+		return
+	}
+	rr.mu.Lock()
+	if rr.flights[key] != nil {
+		rr.mu.Unlock()
+		return
+	}
+	f := rr.start(h, r, c, key)
+	rr.mu.Unlock()
+	rr.renewals.Add(1)
+	go func() {
+		defer f.leave()
+		st, ct, body, ok := f.result()
+		if ok && (st == http.StatusOK || st == http.StatusNotFound && string(body) == "Key Not Found") {
+			rr.fill(lc, f, key, st, body, ct)
+		}
+	}()
 }
 
 // leave takes a client off the call; the last one ends it, if it still runs
@@ -478,6 +522,24 @@ func (f *flight) finish(cut bool) {
 func (f *flight) notify() {
 	close(f.changed)
 	f.changed = make(chan struct{})
+}
+
+// result waits for the whole answer: its status, Content-Type and body,
+// and whether it arrived whole. (The call always ends: the proxy's timeout
+// bounds it.)
+func (f *flight) result() (status int, contentType []string, body []byte, ok bool) {
+	for {
+		f.mu.Lock()
+		done, ch := f.done, f.changed
+		if done {
+			status, body, ok = f.status, f.body, !f.cut
+		}
+		f.mu.Unlock()
+		if done {
+			return status, f.header["Content-Type"], body, ok
+		}
+		<-ch
+	}
 }
 
 // wait waits for the answer's status and headers.

@@ -365,3 +365,47 @@ func TestClientsThatDoNotReadCannotFillTheGatewayMemory(t *testing.T) {
 		t.Fatalf("another client got %d and %d bytes", r.status, len(r.body))
 	}
 }
+
+// A hot item is renewed before it expires: its readers keep getting hits
+// while a call of the gateway's own brings the region's newer value, and
+// no reader waits for the region.
+func TestLocalCacheRenewsHotItems(t *testing.T) {
+	og, sw, up := cachedOpsGateway(t, "\t\tlocal_cache {\n\t\t\tmax_age 600ms\n\t\t}\n")
+	expect(t, og.put("/cache/c?key=k&ttl_seconds=600", "v1"), 204, "")
+	expect(t, og.get("/cache/c?key=k"), 200, "v1") // a miss: cached
+	calls := sw.gets.Load()
+
+	// Behind the gateway's back, straight at the region.
+	req, _ := http.NewRequest(http.MethodPut, up.URL+"/cache/c?key=k&ttl_seconds=600", strings.NewReader("v2"))
+	req.Header.Set("Authorization", "t")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 204 {
+		t.Fatalf("direct write: %v %v", resp, err)
+	}
+	waitFor(t, func() bool {
+		r := og.get("/cache/c?key=k")
+		if cs := r.header.Get("Cache-Status"); !strings.HasPrefix(cs, "momento-gateway; hit") {
+			t.Fatalf("a reader of a hot item waited for the region: %d %q, Cache-Status %q", r.status, r.body, cs)
+		}
+		return r.body == "v2"
+	})
+	if n := sw.gets.Load() - calls; n != 1 {
+		t.Errorf("%d calls to the region renewed one item, want 1", n)
+	}
+	if rd := og.regions(t)["cached"].Reads; rd.Renewals != 1 || rd.Misses != 1 || rd.Saved != rd.Hits-1 {
+		t.Errorf("admin API reads: %+v", rd)
+	}
+}
+
+// cachedOpsGateway is a gateway with the admin API, whose region "cached"
+// is momento_local behind a switch.
+func cachedOpsGateway(t *testing.T, directives string) (*opsGateway, *switchable, *upstream) {
+	t.Helper()
+	lh, err := momentolocal.New(momentolocal.Handler{Token: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lh.Close() })
+	sw := &switchable{next: lh.HTTPHandler()}
+	up := newUpstream(t, sw)
+	return startOpsGateway(t, "\tmomento {\n"+regionBlock("cached", up.URL, "t")+directives+"\t}"), sw, up
+}
