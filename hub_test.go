@@ -355,12 +355,7 @@ func (g *gateway) regionEndpoint(t *testing.T) string {
 
 // Operators see the hubs: in the metrics and the admin API.
 func TestHubMetricsAndAdminAPI(t *testing.T) {
-	lh, err := momentolocal.New(momentolocal.Handler{Token: "t"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = lh.Close() })
-	up := newUpstream(t, lh.HTTPHandler())
+	up, _ := localUpstream(t, "t")
 	og := startOpsGateway(t, "\tmomento {\n"+regionBlock("hub-ops", up.URL, "t")+"\t}")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

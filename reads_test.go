@@ -64,8 +64,9 @@ func readsGateway(t *testing.T, directives string) (*gateway, *switchable, *mome
 	return readsGatewayTimeout(t, "300ms", directives)
 }
 
-// readsGatewayTimeout is readsGateway with the handler's timeout given.
-func readsGatewayTimeout(t *testing.T, timeout, directives string) (*gateway, *switchable, *momentolocal.Handler, *upstream) {
+// switchedRegion is the embedded backend (token "t") behind a switch that
+// can make it fail.
+func switchedRegion(t *testing.T) (*switchable, *momentolocal.Handler, *upstream) {
 	t.Helper()
 	lh, err := momentolocal.New(momentolocal.Handler{Token: "t"})
 	if err != nil {
@@ -73,7 +74,13 @@ func readsGatewayTimeout(t *testing.T, timeout, directives string) (*gateway, *s
 	}
 	t.Cleanup(func() { _ = lh.Close() })
 	sw := &switchable{next: lh.HTTPHandler()}
-	up := newUpstream(t, sw)
+	return sw, lh, newUpstream(t, sw)
+}
+
+// readsGatewayTimeout is readsGateway with the handler's timeout given.
+func readsGatewayTimeout(t *testing.T, timeout, directives string) (*gateway, *switchable, *momentolocal.Handler, *upstream) {
+	t.Helper()
+	sw, lh, up := switchedRegion(t)
 	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\ttimeout "+timeout+"\n\t\tbreaker {\n\t\t\tfailures 100\n\t\t}\n"+directives+"\t}")
 	return g, sw, lh, up
 }
@@ -148,13 +155,7 @@ func TestReadYourWrites(t *testing.T) {
 // behind the gateway's back shows once max_age has passed; a value written
 // through the gateway is never answered past its TTL.
 func TestLocalCacheFreshnessAndTTL(t *testing.T) {
-	lh, err := momentolocal.New(momentolocal.Handler{Token: "t"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = lh.Close() })
-	sw := &switchable{next: lh.HTTPHandler()}
-	up := newUpstream(t, sw)
+	sw, _, up := switchedRegion(t)
 	// Under /fresh/, a short max_age; elsewhere one far longer than the
 	// one-second TTL below, so that only the TTL can end that entry.
 	g := startGateway(t, "\thandle_path /fresh/* {\n\t\tmomento {\n"+regionBlock("r", up.URL, "t")+
@@ -278,13 +279,7 @@ func TestLocalCacheKeepsUsersApart(t *testing.T) {
 // The local cache is purged through the admin API, and kept across a
 // reload, like the breaker.
 func TestLocalCachePurgeAndReload(t *testing.T) {
-	lh, err := momentolocal.New(momentolocal.Handler{Token: "t"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = lh.Close() })
-	sw := &switchable{next: lh.HTTPHandler()}
-	up := newUpstream(t, sw)
+	sw, _, up := switchedRegion(t)
 	site := "\tmomento {\n" + regionBlock("cached", up.URL, "t") + "\t\tlocal_cache {\n\t\t\tmax_age 1m\n\t\t}\n\t}"
 	og := startOpsGateway(t, site)
 	expect(t, og.put("/cache/c?key=k&ttl_seconds=600", "v"), 204, "")
@@ -400,12 +395,6 @@ func TestLocalCacheRenewsHotItems(t *testing.T) {
 // is momento_local behind a switch.
 func cachedOpsGateway(t *testing.T, directives string) (*opsGateway, *switchable, *upstream) {
 	t.Helper()
-	lh, err := momentolocal.New(momentolocal.Handler{Token: "t"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = lh.Close() })
-	sw := &switchable{next: lh.HTTPHandler()}
-	up := newUpstream(t, sw)
+	sw, _, up := switchedRegion(t)
 	return startOpsGateway(t, "\tmomento {\n"+regionBlock("cached", up.URL, "t")+directives+"\t}"), sw, up
 }

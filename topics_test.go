@@ -337,12 +337,7 @@ func TestSubscribeFailuresCount(t *testing.T) {
 // (a count, not a time). The hub's upstream poll is one for all.
 func TestIdleSubscriberCost(t *testing.T) {
 	const n = 300
-	lh, err := momentolocal.New(momentolocal.Handler{Token: "t"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = lh.Close() })
-	up := newUpstream(t, lh.HTTPHandler())
+	up, _ := localUpstream(t, "t")
 	g := startGateway(t, "\tmomento {\n"+regionBlock("idle", up.URL, "t")+"\t}")
 	// Start the hub, so its upstream poll is in the baseline.
 	first := make(chan struct{})
