@@ -2,15 +2,15 @@ package momento
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
+
+	"github.com/momento-gateway/caddy-momento/internal/reloadretry"
 )
 
 // opsGateway runs a gateway with Caddy's admin endpoint on a loopback port
@@ -30,30 +30,8 @@ func startOpsGateway(t *testing.T, site string) *opsGateway {
 		og.port, og.logPath = port, logPath
 		return og.caddyfile(site)
 	})
-	og.client.Transport = reloadTolerant{http.DefaultTransport}
+	og.client.Transport = reloadretry.Transport{Next: http.DefaultTransport}
 	return og
-}
-
-// reloadTolerant retries a request whose connection failed before any
-// answer. Caddy binds its listeners with SO_REUSEPORT: during a reload the
-// old and the new config's sockets both accept, and connections still
-// queued on the old one when it closes are reset, unread. Clients of a
-// reloading Caddy see this; the tests that reload retry such requests,
-// which the gateway never saw.
-type reloadTolerant struct{ next http.RoundTripper }
-
-func (rt reloadTolerant) RoundTrip(r *http.Request) (*http.Response, error) {
-	for attempt := 0; ; attempt++ {
-		resp, err := rt.next.RoundTrip(r)
-		if err == nil || attempt == 2 || !(errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF)) {
-			return resp, err
-		}
-		if r.GetBody != nil {
-			if r.Body, err = r.GetBody(); err != nil {
-				return nil, err
-			}
-		}
-	}
 }
 
 func (og *opsGateway) caddyfile(site string) string {
@@ -86,7 +64,7 @@ func (og *opsGateway) reload(t *testing.T, site string) {
 // Caddy restarts its admin server on every load, and retries a request
 // that meets the old one going away (loading the same config twice is
 // harmless).
-var adminClient = &http.Client{Transport: reloadTolerant{&http.Transport{DisableKeepAlives: true}}}
+var adminClient = &http.Client{Transport: reloadretry.Transport{Next: &http.Transport{DisableKeepAlives: true}}}
 
 func (og *opsGateway) adminGet(t *testing.T, path string) string {
 	t.Helper()

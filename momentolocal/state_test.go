@@ -2,7 +2,6 @@ package momentolocal
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,9 +9,10 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/momento-gateway/caddy-momento/internal/reloadretry"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -34,7 +34,7 @@ type caddyRun struct {
 // startCaddy loads a first config; the test stops Caddy when it ends.
 func startCaddy(t *testing.T, caddyfile string) *caddyRun {
 	t.Helper()
-	c := &caddyRun{t: t, client: &http.Client{Timeout: 30 * time.Second, Transport: reloadTolerant{http.DefaultTransport}}}
+	c := &caddyRun{t: t, client: &http.Client{Timeout: 30 * time.Second, Transport: reloadretry.Transport{Next: http.DefaultTransport}}}
 	c.load(caddyfile)
 	t.Cleanup(func() {
 		_ = caddy.Stop()
@@ -52,27 +52,6 @@ func (c *caddyRun) load(caddyfile string) {
 	}
 	// The old config's server closes its keep-alive connections.
 	c.client.CloseIdleConnections()
-}
-
-// reloadTolerant retries a request whose connection failed before any
-// answer. Caddy binds its listeners with SO_REUSEPORT: during a reload the
-// old and the new config's sockets both accept, and connections still
-// queued on the old one when it closes are reset, unread. Such a request
-// never reached the backend.
-type reloadTolerant struct{ next http.RoundTripper }
-
-func (rt reloadTolerant) RoundTrip(r *http.Request) (*http.Response, error) {
-	for attempt := 0; ; attempt++ {
-		resp, err := rt.next.RoundTrip(r)
-		if err == nil || attempt == 2 || !(errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF)) {
-			return resp, err
-		}
-		if r.GetBody != nil {
-			if r.Body, err = r.GetBody(); err != nil {
-				return nil, err
-			}
-		}
-	}
 }
 
 func (c *caddyRun) tryLoad(caddyfile string) error {
