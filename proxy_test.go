@@ -74,7 +74,6 @@ func TestProxyClassifiesOutcomes(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel() // each its own region and handler; no Caddy
 			endpoint := refusedURL(t)
 			arrived := make(chan struct{}, 1)
 			if tc.region != nil {
