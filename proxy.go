@@ -155,9 +155,10 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status
 	}
 
 	resp, err := transport.RoundTrip(out)
-	if c.op == opSet || c.op == opDelete {
-		// Whatever the region answered, the item may have changed: reads
-		// from now on see it, before the client hears back.
+	if (c.op == opSet || c.op == opDelete) && (err != nil || resp.StatusCode < 400 || resp.StatusCode >= 500) {
+		// Unless the region refused the write (4xx: nothing changed), the
+		// item may have changed: reads from now on see it, before the
+		// client hears back.
 		rg.state.reads.wrote(readKey{c.cache, c.key}, c)
 	}
 	if body != nil {

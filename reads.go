@@ -3,6 +3,7 @@ package momento
 import (
 	"cmp"
 	"context"
+	"hash/maphash"
 	"net/http"
 	"strconv"
 	"sync"
@@ -57,6 +58,22 @@ func (lc *LocalCacheConfig) validate() error {
 	return nil
 }
 
+// writeShards is how many shards of items the write counts are kept in.
+const writeShards = 1024
+
+// writeSeed seeds the hash that puts items in shards.
+var writeSeed = maphash.MakeSeed()
+
+// writeShard is the shard of the region's write counts that counts key.
+func (rr *regionReads) writeShard(key readKey) *atomic.Uint64 {
+	var h maphash.Hash
+	h.SetSeed(writeSeed)
+	_, _ = h.WriteString(key.cache)
+	_ = h.WriteByte(0)
+	_, _ = h.WriteString(key.key)
+	return &rr.writes[h.Sum64()%writeShards]
+}
+
 // readKey is an item of a region: the cache and the key's bytes as the
 // region stores them (key_prefix included), so users never share answers
 // they should not, and key and key_base64 name the same item.
@@ -65,9 +82,11 @@ type readKey struct{ cache, key string }
 // regionReads is a region's read state, kept across reloads with its
 // other state: the calls in flight, and the local caches of its handlers.
 type regionReads struct {
-	// writes counts the writes made through this gateway: a call that saw
-	// one happen while in flight does not fill the caches.
-	writes atomic.Uint64
+	// writes counts the writes made through this gateway, per shard of
+	// items: a call that saw one happen to its shard while in flight does
+	// not fill the caches. (Per shard, so that writes to other items,
+	// however many, do not keep a hot item from being cached.)
+	writes [writeShards]atomic.Uint64
 
 	mu      sync.Mutex
 	flights map[readKey]*flight
@@ -143,11 +162,15 @@ func (rr *regionReads) cacheFor(lc *LocalCacheConfig) *localCache {
 			return uint32(min(len(k.cache)+len(k.key)+len(v.body)+cachedOverhead, 1<<31))
 		},
 		// Each entry is kept for as long as it may be answered, fresh or
-		// stale, and never past the item's own TTL when known.
+		// stale. One whose TTL is known (a write through the gateway left
+		// it) is kept until that TTL instead, answered or not, so that the
+		// next fill still knows it: no answer cached later may outlive it.
+		// (Unless evicted for room: then a later fill of the item is kept
+		// for max_age, as for a write made elsewhere.)
 		ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[readKey, *cached]) time.Duration {
 			keep := set.keep
 			if v := e.Value; !v.expires.IsZero() {
-				keep = min(keep, time.Until(v.expires))
+				keep = time.Until(v.expires)
 			}
 			return max(keep, time.Millisecond)
 		}),
@@ -195,9 +218,10 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 	if lc != nil {
 		if e, ok := lc.store.GetIfPresent(key); ok && !e.mark {
 			entry = e
-			if age := time.Since(e.fetched); age <= lc.set.maxAge {
+			if age := time.Since(e.fetched); age <= lc.set.maxAge && (e.expires.IsZero() || time.Now().Before(e.expires)) {
 				rr.hits.Add(1)
-				if age > lc.set.renewAfter() && h.coalesce() && e.renewing.CompareAndSwap(false, true) {
+				if age > lc.set.renewAfter() && h.coalesce() && !e.renewing.Load() &&
+					h.app.admitOp(r) == nil && e.renewing.CompareAndSwap(false, true) {
 					rr.renew(h, r, c, lc, key)
 				}
 				return writeCached(w, e, "hit; ttl="+strconv.FormatInt(int64((lc.set.maxAge-age)/time.Second), 10)), false
@@ -259,7 +283,7 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 func (rr *regionReads) fill(lc *localCache, f *flight, key readKey, status int, body []byte, contentType []string) {
 	rr.mu.Lock()
 	defer rr.mu.Unlock()
-	if f.started == rr.writes.Load() {
+	if f.started == rr.writeShard(key).Load() {
 		lc.fill(key, status, body, contentType, f.began)
 	}
 }
@@ -299,7 +323,7 @@ func writeCached(w http.ResponseWriter, e *cached, cacheStatus string) int {
 func (rr *regionReads) wrote(key readKey, c *call) {
 	rr.mu.Lock()
 	defer rr.mu.Unlock()
-	rr.writes.Add(1)
+	rr.writeShard(key).Add(1)
 	delete(rr.flights, key)
 	for _, lc := range rr.caches {
 		if c.op == opSet {
@@ -372,14 +396,17 @@ type flight struct {
 	// cancel ends the call when its last client has left.
 	cancel context.CancelFunc
 
-	mu       sync.Mutex
-	clients  int
-	status   int
-	body     []byte
-	done     bool
-	cut      bool // the region broke off mid-answer
-	released bool // the bytes held are given back
-	changed  chan struct{}
+	mu      sync.Mutex
+	clients int
+	status  int
+	body    []byte
+	done    bool
+	cut     bool // the region broke off mid-answer, or the call was abandoned
+	// abandoned is set when the last client left before the answer was
+	// whole: the call is being ended, and no client may join it.
+	abandoned bool
+	released  bool // the bytes held are given back
+	changed   chan struct{}
 }
 
 // join adds a client to the item's call in flight, or starts one. It
@@ -390,10 +417,13 @@ func (rr *regionReads) join(h *Handler, r *http.Request, c *call) (*flight, bool
 	rr.mu.Lock()
 	if f := rr.flights[key]; f != nil && h.coalesce() {
 		f.mu.Lock()
-		f.clients++
+		if !f.abandoned {
+			f.clients++
+			f.mu.Unlock()
+			rr.mu.Unlock()
+			return f, true, nil
+		}
 		f.mu.Unlock()
-		rr.mu.Unlock()
-		return f, true, nil
 	}
 	if rf := h.app.admitOp(r); rf != nil {
 		rr.mu.Unlock()
@@ -406,7 +436,7 @@ func (rr *regionReads) join(h *Handler, r *http.Request, c *call) (*flight, bool
 
 // start starts a call for the item, with one client. Callers hold rr.mu.
 func (rr *regionReads) start(h *Handler, r *http.Request, c *call, key readKey) *flight {
-	f := &flight{reads: rr, started: rr.writes.Load(), began: time.Now(), header: http.Header{}, changed: make(chan struct{}), clients: 1}
+	f := &flight{reads: rr, started: rr.writeShard(key).Load(), began: time.Now(), header: http.Header{}, changed: make(chan struct{}), clients: 1}
 	if h.coalesce() {
 		if rr.flights == nil {
 			rr.flights = map[readKey]*flight{}
@@ -421,6 +451,9 @@ func (rr *regionReads) start(h *Handler, r *http.Request, c *call, key readKey) 
 	fr := r.WithContext(ctx)
 	go func() {
 		_, cut := h.proxy(f, fr, &fc)
+		// An abandoned call ends wherever it was: its answer is not whole,
+		// whatever the proxy could tell.
+		cut = cut || ctx.Err() != nil
 		rr.mu.Lock()
 		if rr.flights[key] == f {
 			delete(rr.flights, key)
@@ -435,8 +468,8 @@ func (rr *regionReads) start(h *Handler, r *http.Request, c *call, key readKey) 
 // renew fetches an item whose cached answer is nearing max_age, unless a
 // call for it is in flight already, and caches the new answer: the item's
 // readers keep getting hits rather than all waiting for the region the
-// moment the entry expires. The call is the one the next read would have
-// made, a little earlier, so it spends no client's max_ops_per_client; a
+// moment the entry expires. The call is charged to the client whose read
+// started it (max_ops_per_client), as the miss it replaces would be; a
 // region that fails it leaves the entry as it was.
 func (rr *regionReads) renew(h *Handler, r *http.Request, c *call, lc *localCache, key readKey) {
 	if rr.held.Load() >= maxHeldBytes {
@@ -465,6 +498,7 @@ func (f *flight) leave() {
 	f.mu.Lock()
 	f.clients--
 	last := f.clients == 0 && !f.done
+	f.abandoned = f.abandoned || last
 	f.releaseIfOver()
 	f.mu.Unlock()
 	if last {
@@ -511,6 +545,9 @@ func (f *flight) finish(cut bool) {
 	f.mu.Lock()
 	if f.status == 0 {
 		f.status = http.StatusBadGateway
+	}
+	if n, err := strconv.Atoi(f.header.Get("Content-Length")); err == nil && n != len(f.body) {
+		cut = true // whatever ended it, the answer is not whole
 	}
 	f.done, f.cut = true, cut
 	f.releaseIfOver()

@@ -2,11 +2,13 @@ package momento
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"strings"
 	"sync"
@@ -170,6 +172,22 @@ func TestLocalCacheFreshnessAndTTL(t *testing.T) {
 	if r := g.get("/cache/c?key=brief"); !strings.HasPrefix(r.header.Get("Cache-Status"), "momento-gateway; hit") {
 		t.Fatalf("the brief value is not cached: %q", r.header.Get("Cache-Status"))
 	}
+	// The same under the short max_age, read now and then: by the time
+	// the entry has aged out and a read fills it again, that fill must
+	// still know the TTL.
+	expect(t, g.put("/fresh/cache/c?key=brief2&ttl_seconds=1", "short-lived"), 204, "")
+	written2 := time.Now()
+	lastOK := make(chan time.Duration, 1)
+	go func() {
+		var last time.Duration
+		for _, at := range []time.Duration{0, 800 * time.Millisecond, 1050 * time.Millisecond, 1090 * time.Millisecond} {
+			time.Sleep(time.Until(written2.Add(at)))
+			if g.get("/fresh/cache/c?key=brief2").status == 200 {
+				last = time.Since(written2)
+			}
+		}
+		lastOK <- last
+	}()
 
 	expect(t, g.put("/fresh/cache/c?key=k&ttl_seconds=600", "v1"), 204, "")
 	r := g.get("/fresh/cache/c?key=k")
@@ -209,6 +227,9 @@ func TestLocalCacheFreshnessAndTTL(t *testing.T) {
 	waitFor(t, func() bool { return g.get("/cache/c?key=brief").status == 404 })
 	if gone := time.Since(written); gone > time.Second+500*time.Millisecond {
 		t.Errorf("a value with a one-second TTL was served for %v", gone)
+	}
+	if last := <-lastOK; last > time.Second+40*time.Millisecond {
+		t.Errorf("under max_age 300ms, a value with a one-second TTL was served %v after it was written", last)
 	}
 }
 
@@ -397,4 +418,132 @@ func cachedOpsGateway(t *testing.T, directives string) (*opsGateway, *switchable
 	t.Helper()
 	sw, _, up := switchedRegion(t)
 	return startOpsGateway(t, "\tmomento {\n"+regionBlock("cached", up.URL, "t")+directives+"\t}"), sw, up
+}
+
+// A renewal is a call to the region like the miss it replaces: a client
+// past its max_ops_per_client does not start one, however often it reads.
+func TestRenewalsSpendTheReadersBudget(t *testing.T) {
+	sw, _, up := switchedRegion(t)
+	g := runCaddyfile(t, func(port int, logPath string) string {
+		return strings.Replace(globalOptions("off", logPath), "{\n", "{\n\tmomento {\n\t\tmax_ops_per_client 1\n\t}\n", 1) +
+			fmt.Sprintf(":%d {\n\tbind 127.0.0.1\n\tmomento {\n%s\t\tlocal_cache {\n\t\t\tmax_age 400ms\n\t\t}\n\t}\n}\n", port, regionBlock("r", up.URL, "t"))
+	})
+	clientOps().InvalidateAll() // budgets outlive configs: start from full
+	// Written straight at the region, so the one call of the budget (a
+	// token a second) is the miss below.
+	req, _ := http.NewRequest(http.MethodPut, up.URL+"/cache/c?key=k&ttl_seconds=600", strings.NewReader("v"))
+	req.Header.Set("Authorization", "t")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 204 {
+		t.Fatalf("direct write: %v %v", resp, err)
+	}
+	expect(t, g.get("/cache/c?key=k"), 200, "v")
+	filled := time.Now()
+	calls := sw.gets.Load()
+	// Hits in the last quarter of max_age, with a budget refilled to a
+	// third of a call at most.
+	for time.Since(filled) < 370*time.Millisecond {
+		if r := g.get("/cache/c?key=k"); !strings.HasPrefix(r.header.Get("Cache-Status"), "momento-gateway; hit") {
+			t.Fatalf("read %v after the fill: %d, Cache-Status %q", time.Since(filled), r.status, r.header.Get("Cache-Status"))
+		}
+	}
+	if n := sw.gets.Load() - calls; n != 0 {
+		t.Fatalf("a client past its max_ops_per_client started %d renewals", n)
+	}
+}
+
+// Writes to other items, or writes the region refused, do not keep an item
+// read meanwhile from being cached.
+func TestOnlyWritesOfTheItemKeepItOutOfTheCache(t *testing.T) {
+	// A region with the cache c only, and items of 1 KiB at most.
+	lh, err := momentolocal.New(momentolocal.Handler{Token: "t", Caches: []string{"c"}, MaxItemSize: 1 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lh.Close() })
+	sw := &switchable{next: lh.HTTPHandler()}
+	up := newUpstream(t, sw)
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\tlocal_cache {\n\t\t\tmax_age 1m\n\t\t}\n\t}")
+	expect(t, g.put("/cache/c?key=hot&ttl_seconds=600", "v"), 204, "")
+	// Another item, in another shard of the write counts.
+	rr := &pooledRegionState(t, "r", up.URL).reads
+	other := "other"
+	for i := 0; rr.writeShard(readKey{"c", other}) == rr.writeShard(readKey{"c", "hot"}); i++ {
+		other = fmt.Sprintf("other-%d", i)
+	}
+	hold := make(chan struct{})
+	sw.set("", hold)
+	got := make(chan response, 1)
+	go func() { got <- g.get("/cache/c?key=hot") }()
+	waitFor(t, func() bool { return sw.gets.Load() == 1 }) // the call is at the region
+	expect(t, g.put("/cache/c?key="+other+"&ttl_seconds=600", "w"), 204, "")
+	expect(t, g.put("/cache/missing-cache?key=hot&ttl_seconds=600", "w"), 404, "Cache Not Found")
+	expect(t, g.put("/cache/c?key=hot&ttl_seconds=600", strings.Repeat("w", 2<<10)), 413, "") // refused: nothing changed
+	sw.set("", nil)
+	close(hold)
+	expect(t, <-got, 200, "v")
+	if r := g.get("/cache/c?key=hot"); !strings.HasPrefix(r.header.Get("Cache-Status"), "momento-gateway; hit") {
+		t.Fatalf("the item was not cached: Cache-Status %q", r.header.Get("Cache-Status"))
+	}
+}
+
+// A shared call whose clients all left is never joined, and never taken
+// for a whole answer: its part of the value is not cached, whoever asks
+// next.
+func TestAnAbandonedCallIsNeverCached(t *testing.T) {
+	g, _, _, _ := readsGateway(t, "\t\tlocal_cache {\n\t\t\tmax_age 1m\n\t\t}\n")
+	value := strings.Repeat("v", 1<<20)
+	addr := strings.TrimPrefix(g.base, "http://")
+	for i := range 20 {
+		expect(t, g.put("/cache/c?key=big&ttl_seconds=600", value), 204, "") // the next GET is a miss
+		// A client that takes a little of the answer, then resets.
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.WriteString(conn, "GET /cache/c?key=big HTTP/1.1\r\nHost: x\r\n\r\n")
+		_, _ = io.ReadFull(conn, make([]byte, 1024))
+		_ = conn.(*net.TCPConn).SetLinger(0)
+		conn.Close()
+		// Right after: another client, then a third.
+		for range 2 {
+			resp, err := g.client.Get(g.base + "/cache/c?key=big")
+			if err != nil {
+				continue // an answer cut off is fine; a short one taken as whole is not
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil && string(b) != value {
+				t.Fatalf("trial %d: a %d-byte answer of a %d-byte value, Cache-Status %q", i, len(b), len(value), resp.Header.Get("Cache-Status"))
+			}
+		}
+	}
+}
+
+// The flights themselves: a call whose last client left before the answer
+// was whole is never joined, and its answer is not whole.
+func TestAnAbandonedFlightIsNotJoined(t *testing.T) {
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "2000")
+		_, _ = w.Write(bytes.Repeat([]byte("v"), 1000))
+		w.(http.Flusher).Flush()
+		<-r.Context().Done() // the rest never comes
+	}))
+	h := provisionHandler(t, Handler{Regions: []RegionConfig{{Name: "r", Endpoint: up.URL, Token: "t"}}})
+	r := httptest.NewRequest(http.MethodGet, "/cache/c?key=k", nil)
+	c, _ := parseCall(r)
+	c.region = h.regionFor(c.cache)
+	rr := &c.region.state.reads
+	f1, _, _ := rr.join(h, r, c)
+	if st, _, ok := f1.wait(context.Background()); !ok || st != 200 {
+		t.Fatalf("first call: %d %v", st, ok)
+	}
+	f1.leave() // its only client: the call is abandoned
+	f2, joined, _ := rr.join(h, r, c)
+	defer f2.leave()
+	if joined || f2 == f1 {
+		t.Fatal("a GET joined a call all of whose clients had left")
+	}
+	if _, _, body, whole := f1.result(); whole {
+		t.Fatalf("the abandoned call's %d bytes were taken for a whole answer", len(body))
+	}
 }
