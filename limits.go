@@ -56,7 +56,7 @@ func (a *App) admitWaiter(r *http.Request, kind string) (*waitSlot, *refusal) {
 	}
 	slot := &waitSlot{gauge: metrics.waiting.WithLabelValues(kind)}
 	if limits.maxPerClient > 0 {
-		slot.client, _ = caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+		slot.client = clientAddress(r)
 		waiters.mu.Lock()
 		if waiters.byClient == nil {
 			waiters.byClient = map[string]int{}
@@ -134,7 +134,7 @@ func (a *App) admitOp(r *http.Request) *refusal {
 	if limit <= 0 {
 		return nil
 	}
-	client, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	client := clientAddress(r)
 	b, _ := clientOps().ComputeIfAbsent(client, func() (*opBudget, bool) {
 		return &opBudget{tokens: float64(limit), last: time.Now()}, false
 	})
@@ -150,4 +150,11 @@ func (a *App) admitOp(r *http.Request) *refusal {
 	}
 	b.tokens--
 	return nil
+}
+
+// clientAddress is the request's client address, as Caddy determined it
+// (trusted proxies included).
+func clientAddress(r *http.Request) string {
+	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	return ip
 }

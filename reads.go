@@ -95,6 +95,11 @@ type regionReads struct {
 	// held counts the bytes of answers that calls in flight hold for
 	// their clients (see maxHeldBytes).
 	held atomic.Int64
+	// heldBy counts, per client address, the calls that address started
+	// which are not over yet, and the bytes they hold (see
+	// maxHeldPerClient).
+	heldMu sync.Mutex
+	heldBy map[string]*clientHeld
 
 	hits, misses, coalesced, stale, renewals atomic.Int64
 }
@@ -105,6 +110,53 @@ type regionReads struct {
 // copy of a large value each. Past this bound, GETs are proxied one call
 // each, streamed at the client's pace, until the calls in flight are done.
 const maxHeldBytes = 64 << 20
+
+// maxHeldPerClient and maxCallsPerClient bound the shared calls that one
+// client address starts: the bytes they hold, and how many are not over
+// yet. Past either, that address's GETs that would start a call are
+// proxied one call each, as past maxHeldBytes; joining a call, or a cache
+// hit, is still open to it. So a few slow connections cannot take the
+// region's bound, and with it coalescing and the local cache, from every
+// other client.
+const (
+	maxHeldPerClient  = 16 << 20
+	maxCallsPerClient = 8
+)
+
+// clientHeld is what one client address's shared calls hold.
+type clientHeld struct {
+	bytes int64
+	calls int
+}
+
+// holdFor adds to what the calls of the client address hold, and forgets
+// an address that holds nothing.
+func (rr *regionReads) holdFor(client string, bytes int64, calls int) {
+	rr.heldMu.Lock()
+	defer rr.heldMu.Unlock()
+	ch := rr.heldBy[client]
+	if ch == nil {
+		if rr.heldBy == nil {
+			rr.heldBy = map[string]*clientHeld{}
+		}
+		ch = &clientHeld{}
+		rr.heldBy[client] = ch
+	}
+	ch.bytes += bytes
+	ch.calls += calls
+	if ch.bytes <= 0 && ch.calls <= 0 {
+		delete(rr.heldBy, client)
+	}
+}
+
+// mayStart reports whether the client address may start another shared
+// call.
+func (rr *regionReads) mayStart(client string) bool {
+	rr.heldMu.Lock()
+	defer rr.heldMu.Unlock()
+	ch := rr.heldBy[client]
+	return ch == nil || ch.bytes < maxHeldPerClient && ch.calls < maxCallsPerClient
+}
 
 // cacheSettings identify a local cache: handlers with the same settings
 // share one.
@@ -228,17 +280,19 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 			}
 		}
 	}
-	if rr.held.Load() >= maxHeldBytes {
+	f, joined, rf := rr.join(h, r, c)
+	if rf != nil {
+		return rf.write(w), false
+	}
+	if f == nil {
+		// Past the bounds on what shared calls hold: a call of its own,
+		// streamed at its pace.
 		if rf := h.app.admitOp(r); rf != nil {
 			return rf.write(w), false
 		}
 		rr.misses.Add(1)
 		w.Header().Set("Cache-Status", cacheStatusName+"; fwd=miss")
 		return h.proxy(w, r, c)
-	}
-	f, joined, rf := rr.join(h, r, c)
-	if rf != nil {
-		return rf.write(w), false
 	}
 	defer f.leave()
 	if joined {
@@ -387,6 +441,7 @@ func (rr *regionReads) stats() cacheStats {
 // it, as it arrives, and each client streams from it at its own pace.
 type flight struct {
 	reads *regionReads // counts the bytes held
+	owner string       // the client address that started it
 	// started is the region's write count when the call began; began its
 	// time.
 	started uint64
@@ -411,7 +466,9 @@ type flight struct {
 
 // join adds a client to the item's call in flight, or starts one. It
 // reports whether the client joined a call already made. Only a client
-// that starts a call spends its max_ops_per_client.
+// that starts a call spends its max_ops_per_client. No flight and no
+// refusal: the shared calls hold what they may (maxHeldBytes, or this
+// client's share), and the client is to make a call of its own.
 func (rr *regionReads) join(h *Handler, r *http.Request, c *call) (*flight, bool, *refusal) {
 	key := readKey{c.cache, c.key}
 	rr.mu.Lock()
@@ -425,6 +482,10 @@ func (rr *regionReads) join(h *Handler, r *http.Request, c *call) (*flight, bool
 		}
 		f.mu.Unlock()
 	}
+	if rr.held.Load() >= maxHeldBytes || !rr.mayStart(clientAddress(r)) {
+		rr.mu.Unlock()
+		return nil, false, nil
+	}
 	if rf := h.app.admitOp(r); rf != nil {
 		rr.mu.Unlock()
 		return nil, false, rf
@@ -436,7 +497,8 @@ func (rr *regionReads) join(h *Handler, r *http.Request, c *call) (*flight, bool
 
 // start starts a call for the item, with one client. Callers hold rr.mu.
 func (rr *regionReads) start(h *Handler, r *http.Request, c *call, key readKey) *flight {
-	f := &flight{reads: rr, started: rr.writeShard(key).Load(), began: time.Now(), header: http.Header{}, changed: make(chan struct{}), clients: 1}
+	f := &flight{reads: rr, owner: clientAddress(r), started: rr.writeShard(key).Load(), began: time.Now(), header: http.Header{}, changed: make(chan struct{}), clients: 1}
+	rr.holdFor(f.owner, 0, 1)
 	if h.coalesce() {
 		if rr.flights == nil {
 			rr.flights = map[readKey]*flight{}
@@ -472,7 +534,7 @@ func (rr *regionReads) start(h *Handler, r *http.Request, c *call, key readKey) 
 // started it (max_ops_per_client), as the miss it replaces would be; a
 // region that fails it leaves the entry as it was.
 func (rr *regionReads) renew(h *Handler, r *http.Request, c *call, lc *localCache, key readKey) {
-	if rr.held.Load() >= maxHeldBytes {
+	if rr.held.Load() >= maxHeldBytes || !rr.mayStart(clientAddress(r)) {
 		return
 	}
 	rr.mu.Lock()
@@ -512,6 +574,7 @@ func (f *flight) releaseIfOver() {
 	if f.done && f.clients == 0 && !f.released {
 		f.released = true
 		f.reads.held.Add(-int64(len(f.body)))
+		f.reads.holdFor(f.owner, -int64(len(f.body)), -1)
 	}
 }
 
@@ -536,6 +599,7 @@ func (f *flight) Write(p []byte) (int, error) {
 	}
 	f.body = append(f.body, p...)
 	f.reads.held.Add(int64(len(p)))
+	f.reads.holdFor(f.owner, int64(len(p)), 0)
 	f.notify()
 	f.mu.Unlock()
 	return len(p), nil

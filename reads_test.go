@@ -172,23 +172,6 @@ func TestLocalCacheFreshnessAndTTL(t *testing.T) {
 	if r := g.get("/cache/c?key=brief"); !strings.HasPrefix(r.header.Get("Cache-Status"), "momento-gateway; hit") {
 		t.Fatalf("the brief value is not cached: %q", r.header.Get("Cache-Status"))
 	}
-	// The same under the short max_age, read now and then: by the time
-	// the entry has aged out and a read fills it again, that fill must
-	// still know the TTL.
-	expect(t, g.put("/fresh/cache/c?key=brief2&ttl_seconds=1", "short-lived"), 204, "")
-	written2 := time.Now()
-	lastOK := make(chan time.Duration, 1)
-	go func() {
-		var last time.Duration
-		for _, at := range []time.Duration{0, 800 * time.Millisecond, 1050 * time.Millisecond, 1090 * time.Millisecond} {
-			time.Sleep(time.Until(written2.Add(at)))
-			if g.get("/fresh/cache/c?key=brief2").status == 200 {
-				last = time.Since(written2)
-			}
-		}
-		lastOK <- last
-	}()
-
 	expect(t, g.put("/fresh/cache/c?key=k&ttl_seconds=600", "v1"), 204, "")
 	r := g.get("/fresh/cache/c?key=k")
 	expect(t, r, 200, "v1")
@@ -211,6 +194,26 @@ func TestLocalCacheFreshnessAndTTL(t *testing.T) {
 	if sw.gets.Load() != calls {
 		t.Fatal("a cached miss went to the region")
 	}
+
+	// The same under the short max_age, read now and then: by the time
+	// the entry has aged out and a read fills it again, that fill must
+	// still know the TTL.
+	expect(t, g.put("/fresh/cache/c?key=brief2&ttl_seconds=1", "short-lived"), 204, "")
+	written2 := time.Now()
+	lastOK := make(chan time.Duration, 1)
+	go func() {
+		var last time.Duration
+		for _, at := range []time.Duration{0, 800 * time.Millisecond, 1050 * time.Millisecond, 1090 * time.Millisecond} {
+			time.Sleep(time.Until(written2.Add(at)))
+			if resp, err := g.client.Get(g.base + "/fresh/cache/c?key=brief2"); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					last = time.Since(written2)
+				}
+			}
+		}
+		lastOK <- last
+	}()
 
 	// Behind the gateway's back, straight at the region.
 	req, _ := http.NewRequest(http.MethodPut, up.URL+"/cache/c?key=k&ttl_seconds=600", strings.NewReader("v2"))
@@ -379,6 +382,51 @@ func TestClientsThatDoNotReadCannotFillTheGatewayMemory(t *testing.T) {
 	// Everyone else is still answered, in full.
 	if r := g.get("/cache/c?key=big"); r.status != 200 || r.body != string(value) {
 		t.Fatalf("another client got %d and %d bytes", r.status, len(r.body))
+	}
+}
+
+// One address whose connections do not read cannot take the region's
+// bound on shared answers: past its own share its GETs are proxied one
+// call each, and another address's reads are still shared and cached.
+func TestOneAddressCannotTakeTheSharedCallsFromOthers(t *testing.T) {
+	g, sw, _, up := readsGatewayTimeout(t, "10s", "\t\tlocal_cache {\n\t\t\tmax_age 1m\n\t\t}\n")
+	value := make([]byte, 4<<20)
+	_, _ = rand.Read(value)
+	// Twenty keys of 4 MiB: 80 MiB of answers, were each one held.
+	const keys = 20
+	for i := range keys {
+		expect(t, g.do(http.MethodPut, fmt.Sprintf("/cache/c?key=big%d&ttl_seconds=600", i), bytes.NewReader(value)), 204, "")
+	}
+	expect(t, g.put("/cache/c?key=small&ttl_seconds=600", "v"), 204, "")
+	rs := pooledRegionState(t, "r", up.URL)
+	for i := range keys {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(g.base, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_ = conn.(*net.TCPConn).SetReadBuffer(4 << 10)
+		if _, err := fmt.Fprintf(conn, "GET /cache/c?key=big%d HTTP/1.1\r\nHost: x\r\n\r\n", i); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, func() bool { return sw.gets.Load() == int64(i+1) })
+	}
+	// At most its calls' worth: fewer than maxHeldPerClient bytes when each
+	// began, maxCallsPerClient of them.
+	if held := rs.reads.held.Load(); held > maxCallsPerClient*int64(len(value)) {
+		t.Errorf("one address's shared calls hold %d MiB", held>>20)
+	}
+	// Another address: its read is shared, and cached.
+	other := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).DialContext}}
+	for i, want := range []string{"momento-gateway; fwd=miss", "momento-gateway; hit"} {
+		resp, err := other.Get(g.base + "/cache/c?key=small")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if cs := resp.Header.Get("Cache-Status"); !strings.HasPrefix(cs, want) || (i == 0 && strings.Contains(cs, "hit")) {
+			t.Fatalf("read %d from 127.0.0.2: Cache-Status %q, want %q", i+1, cs, want)
+		}
 	}
 }
 
