@@ -119,8 +119,11 @@ const maxHeldBytes = 64 << 20
 // region's bound, and with it coalescing and the local cache, from every
 // other client.
 const (
-	maxHeldPerClient  = 16 << 20
-	maxCallsPerClient = 8
+	maxHeldPerClient = 16 << 20
+	// A burst of calls started at once holds nothing yet: the count bounds
+	// it. Generous, for the many clients one address can stand for (a NAT,
+	// or a CDN when trusted_proxies is not set).
+	maxCallsPerClient = 64
 )
 
 // clientHeld is what one client address's shared calls hold.
