@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -263,7 +264,10 @@ func FuzzServeHTTP(f *testing.F) {
 		lh.HTTPHandler().ServeHTTP(w, r)
 	}))
 	f.Cleanup(srv.Close)
-	h := provisionHandler(f, Handler{Regions: []RegionConfig{{Name: "fuzz", Endpoint: srv.URL, Token: secret}}, Timeout: caddy.Duration(2e9)})
+	// A subscribe waits for a message, up to subscribe_timeout: a short one,
+	// so that a long poll the fuzzer makes ends (with 200 and no items).
+	h := provisionHandler(f, Handler{Regions: []RegionConfig{{Name: "fuzz", Endpoint: srv.URL, Token: secret}}, Timeout: caddy.Duration(2e9),
+		SubscribeTimeout: caddy.Duration(10 * time.Millisecond)})
 	f.Fuzz(func(t *testing.T, method, target, body string) {
 		r, err := http.NewRequest(method, "http://gateway"+target, strings.NewReader(body))
 		if err != nil {
