@@ -262,7 +262,7 @@ func compare(t *testing.T, shape compatShape, st compatStep, direct, gateway *co
 // topic has its own.
 func withoutPages(t *testing.T, answer string) string {
 	t.Helper()
-	var page struct{ Items []subscribeItem }
+	var page upstreamPage
 	if err := json.Unmarshal([]byte(answer), &page); err != nil {
 		t.Fatalf("subscribe answer %q: %v", answer, err)
 	}

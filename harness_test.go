@@ -353,3 +353,20 @@ const basicAuthBlock = `	@signedIn not method OPTIONS
 func basicAuth(user string) string {
 	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+user+"-password"))
 }
+
+// slowClient sends a GET for path on a connection of its own, with a receive
+// buffer of rcvbuf bytes, and reads nothing: the test reads (or not) from
+// the connection it returns, which is closed when the test ends.
+func slowClient(t *testing.T, g *gateway, path string, rcvbuf int) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(g.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.(*net.TCPConn).SetReadBuffer(rcvbuf)
+	if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path); err != nil {
+		t.Fatal(err)
+	}
+	return conn
+}

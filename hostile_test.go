@@ -140,14 +140,7 @@ func TestSlowReaderCannotOpenTheBreaker(t *testing.T) {
 	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\ttimeout 100ms\n\t\tbreaker {\n\t\t\tfailures 1\n\t\t}\n\t}")
 
 	{ // one is enough: with failures 1, a failure would open the breaker
-		conn, err := net.Dial("tcp", strings.TrimPrefix(g.base, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = conn.(*net.TCPConn).SetReadBuffer(64 << 10)
-		if _, err := io.WriteString(conn, "GET /cache/c?key=big HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
-			t.Fatal(err)
-		}
+		conn := slowClient(t, g, "/cache/c?key=big", 64<<10)
 		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 		if err != nil {
 			t.Fatal(err)
@@ -182,14 +175,7 @@ func TestSlowReaderOfARegionWithASendDeadline(t *testing.T) {
 		_, _ = w.Write(value)
 	}))
 	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\tcoalesce off\n\t\tbreaker {\n\t\t\tfailures 1\n\t\t}\n\t}")
-	conn, err := net.Dial("tcp", strings.TrimPrefix(g.base, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = conn.(*net.TCPConn).SetReadBuffer(64 << 10)
-	if _, err := io.WriteString(conn, "GET /cache/c?key=big HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
+	conn := slowClient(t, g, "/cache/c?key=big", 64<<10)
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
 		t.Fatal(err)

@@ -453,21 +453,25 @@ func (hb *hub) poll(ctx context.Context, rg *region, cur cursor) (page upstreamP
 
 // upstreamPage is Momento's subscribe answer.
 type upstreamPage struct {
-	Items []struct {
-		Item *struct {
-			TopicSequenceNumber uint64 `json:"topic_sequence_number"`
-			SequencePage        uint64 `json:"sequence_page"`
-			Value               struct {
-				Text   *string `json:"text"`
-				Binary *string `json:"binary"`
-			} `json:"value"`
-		} `json:"item"`
-		Discontinuity *struct {
-			LastTopicSequence uint64 `json:"last_topic_sequence"`
-			NewTopicSequence  uint64 `json:"new_topic_sequence"`
-			NewSequencePage   uint64 `json:"new_sequence_page"`
-		} `json:"discontinuity"`
-	} `json:"items"`
+	Items []upstreamItem `json:"items"`
+}
+
+// upstreamItem is one entry of a subscribe answer: a message, or a
+// discontinuity.
+type upstreamItem struct {
+	Item *struct {
+		TopicSequenceNumber uint64 `json:"topic_sequence_number"`
+		SequencePage        uint64 `json:"sequence_page"`
+		Value               struct {
+			Text   *string `json:"text"`
+			Binary *string `json:"binary"`
+		} `json:"value"`
+	} `json:"item"`
+	Discontinuity *struct {
+		LastTopicSequence uint64 `json:"last_topic_sequence"`
+		NewTopicSequence  uint64 `json:"new_topic_sequence"`
+		NewSequencePage   uint64 `json:"new_sequence_page"`
+	} `json:"discontinuity"`
 }
 
 // apply takes an upstream answer into the buffer and wakes the waiters. A

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -358,15 +357,7 @@ func TestClientsThatDoNotReadCannotFillTheGatewayMemory(t *testing.T) {
 	runtime.ReadMemStats(&before)
 	const clients = 40 // 160 MiB of copies, were each one held
 	for i := range clients {
-		conn, err := net.Dial("tcp", strings.TrimPrefix(g.base, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		_ = conn.(*net.TCPConn).SetReadBuffer(4 << 10)
-		if _, err := io.WriteString(conn, "GET /cache/c?key=big HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
-			t.Fatal(err)
-		}
+		slowClient(t, g, "/cache/c?key=big", 4<<10)
 		// One at a time, each after the last call is done, so that none
 		// shares another's call: the worst case.
 		waitFor(t, func() bool { return sw.gets.Load() == int64(i+1) && inFlight() == 0 })
@@ -400,15 +391,7 @@ func TestOneAddressCannotTakeTheSharedCallsFromOthers(t *testing.T) {
 	expect(t, g.put("/cache/c?key=small&ttl_seconds=600", "v"), 204, "")
 	rs := pooledRegionState(t, "r", up.URL)
 	for i := range keys {
-		conn, err := net.Dial("tcp", strings.TrimPrefix(g.base, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		_ = conn.(*net.TCPConn).SetReadBuffer(4 << 10)
-		if _, err := fmt.Fprintf(conn, "GET /cache/c?key=big%d HTTP/1.1\r\nHost: x\r\n\r\n", i); err != nil {
-			t.Fatal(err)
-		}
+		slowClient(t, g, fmt.Sprintf("/cache/c?key=big%d", i), 4<<10)
 		waitFor(t, func() bool { return sw.gets.Load() == int64(i+1) })
 	}
 	if held := rs.reads.held.Load(); held >= maxHeldBytes {

@@ -21,23 +21,6 @@ import (
 	"github.com/momento-gateway/caddy-momento/momentolocal"
 )
 
-// subscribeItem is one entry of a subscribe answer, in Momento's shape.
-type subscribeItem struct {
-	Item *struct {
-		TopicSequenceNumber uint64 `json:"topic_sequence_number"`
-		SequencePage        uint64 `json:"sequence_page"`
-		Value               struct {
-			Text   *string `json:"text"`
-			Binary *string `json:"binary"`
-		} `json:"value"`
-	} `json:"item"`
-	Discontinuity *struct {
-		LastTopicSequence uint64 `json:"last_topic_sequence"`
-		NewTopicSequence  uint64 `json:"new_topic_sequence"`
-		NewSequencePage   uint64 `json:"new_sequence_page"`
-	} `json:"discontinuity"`
-}
-
 // message is what a subscriber received: a sequence number and the value,
 // binary values decoded.
 type message struct {
@@ -67,7 +50,7 @@ func (s *subscriber) poll(ctx context.Context) ([]message, error) {
 	if resp.StatusCode != 200 {
 		return nil, fmt.Errorf("subscribe: %d %s", resp.StatusCode, body)
 	}
-	var page struct{ Items []subscribeItem }
+	var page upstreamPage
 	if err := json.Unmarshal(body, &page); err != nil {
 		return nil, fmt.Errorf("subscribe answer %q: %v", body, err)
 	}
