@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/sony/gobreaker/v2"
@@ -46,7 +47,9 @@ func TestOverHTTPSWithEachProtocol(t *testing.T) {
 				"\t\troute cut-* cut\n\t\troute failing-* failing\n\t\troute slow-* slow\n\t\tdefault_region r\n" +
 				"\t\tbreaker {\n\t\t\tfailures 2\n\t\t\topen_for 1m\n\t\t}\n"
 			// Under /short/, a timeout short enough for a stalled upload.
-			g := startGatewayTLS(t, proto, "\thandle_path /short/* {\n\t\tmomento {\n"+regions+"\t\ttimeout 100ms\n\t\t}\n\t}\n\tmomento {\n"+regions+"\t}")
+			// Under /cached/, the local cache.
+			g := startGatewayTLS(t, proto, "\thandle_path /short/* {\n\t\tmomento {\n"+regions+"\t\ttimeout 100ms\n\t\t}\n\t}\n"+
+				"\thandle_path /cached/* {\n\t\tmomento {\n"+regions+"\t\tlocal_cache {\n\t\t\tmax_age 1m\n\t\t}\n\t\t}\n\t}\n\tmomento {\n"+regions+"\t}")
 
 			// Round trips.
 			expect(t, g.put("/cache/c?key=k&ttl_seconds=60", "v"), http.StatusNoContent, "")
@@ -66,6 +69,23 @@ func TestOverHTTPSWithEachProtocol(t *testing.T) {
 				t.Fatalf("5 MiB: got %d and %d bytes", r.status, len(r.body))
 			}
 
+			// Reads shared by concurrent clients (streams of one connection
+			// on h2 and h3), then answered by the local cache, whole.
+			shared := value[:256<<10]
+			expect(t, g.do(http.MethodPut, "/cached/cache/c?key=shared&ttl_seconds=60", bytes.NewReader(shared)), http.StatusNoContent, "")
+			var wg sync.WaitGroup
+			for range 5 {
+				wg.Go(func() {
+					if r := g.get("/cached/cache/c?key=shared"); r.status != 200 || r.body != string(shared) {
+						t.Errorf("shared read: %d, %d bytes", r.status, len(r.body))
+					}
+				})
+			}
+			wg.Wait()
+			if r := g.get("/cached/cache/c?key=shared"); r.body != string(shared) || !strings.HasPrefix(r.header.Get("Cache-Status"), "momento-gateway; hit") {
+				t.Fatalf("cached read: %d bytes, Cache-Status %q", len(r.body), r.header.Get("Cache-Status"))
+			}
+
 			// A stalled upload gets 408 with its message, and stores nothing.
 			pr, pw := io.Pipe()
 			go func() { _, _ = pw.Write([]byte("first bytes, then nothing")) }()
@@ -81,8 +101,8 @@ func TestOverHTTPSWithEachProtocol(t *testing.T) {
 			if resp.StatusCode != http.StatusRequestTimeout || !strings.Contains(string(body), "the value stopped arriving for 100ms; nothing was stored") {
 				t.Fatalf("stalled upload: %d %q", resp.StatusCode, body)
 			}
-			if lh.Len() != 1 {
-				t.Fatalf("the backend holds %d items, want 1 (the 5 MiB one)", lh.Len())
+			if lh.Len() != 2 {
+				t.Fatalf("the backend holds %d items, want 2 (the 5 MiB one and the shared one)", lh.Len())
 			}
 
 			// A region that breaks off mid-answer: the client sees an
