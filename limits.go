@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/maypok86/otter/v2"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 )
 
 // Defaults of the limits that keep one client from using up the account
@@ -108,10 +109,10 @@ func tooMany(msg string) *refusal {
 // (max_ops_per_client), in every config: a reload does not refill it.
 // Addresses idle for a while are forgotten (their budget is full again by
 // then), and the number kept is bounded.
-var clientOps = sync.OnceValue(func() *otter.Cache[string, *opBudget] {
-	return otter.Must(&otter.Options[string, *opBudget]{
+var clientOps = sync.OnceValue(func() *otter.Cache[string, *rate.Limiter] {
+	return otter.Must(&otter.Options[string, *rate.Limiter]{
 		MaximumSize:      1 << 20,
-		ExpiryCalculator: otter.ExpiryAccessing[string, *opBudget](opBudgetIdle),
+		ExpiryCalculator: otter.ExpiryAccessing[string, *rate.Limiter](opBudgetIdle),
 	})
 })
 
@@ -119,36 +120,30 @@ var clientOps = sync.OnceValue(func() *otter.Cache[string, *opBudget] {
 // call: longer than a full budget takes to refill.
 const opBudgetIdle = 10 * time.Second
 
-// opBudget is a token bucket: up to max_ops_per_client calls at once,
-// refilled at max_ops_per_client a second.
-type opBudget struct {
-	mu     sync.Mutex
-	tokens float64
-	last   time.Time
-}
-
-// admitOp takes one call to a region from the client's budget, or refuses
-// it with 429 before anything is sent.
+// admitOp takes one call to a region from the client's budget (a token
+// bucket: up to max_ops_per_client calls at once, refilled at
+// max_ops_per_client a second), or refuses it with 429 before anything is
+// sent.
 func (a *App) admitOp(r *http.Request) *refusal {
 	limit := a.limits().maxOpsPerClient
 	if limit <= 0 {
 		return nil
 	}
 	client := clientAddress(r)
-	b, _ := clientOps().ComputeIfAbsent(client, func() (*opBudget, bool) {
-		return &opBudget{tokens: float64(limit), last: time.Now()}, false
+	l, _ := clientOps().ComputeIfAbsent(client, func() (*rate.Limiter, bool) {
+		return rate.NewLimiter(rate.Limit(limit), limit), false
 	})
+	if l.Burst() != limit { // a reload changed max_ops_per_client
+		l.SetLimit(rate.Limit(limit))
+		l.SetBurst(limit)
+	}
 	now := time.Now()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.tokens = min(float64(limit), b.tokens+now.Sub(b.last).Seconds()*float64(limit))
-	b.last = now
-	if b.tokens < 1 {
-		wait := time.Duration((1 - b.tokens) / float64(limit) * float64(time.Second))
+	res := l.ReserveN(now, 1)
+	if wait := res.DelayFrom(now); wait > 0 {
+		res.CancelAt(now)
 		return &refusal{status: http.StatusTooManyRequests, retryAfter: wait,
 			msg: fmt.Sprintf("client %s has used its max_ops_per_client (%d calls a second to the regions); retry in %d s", client, limit, retryAfterSeconds(wait))}
 	}
-	b.tokens--
 	return nil
 }
 
