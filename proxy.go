@@ -229,10 +229,10 @@ func (ex *exchange) trace() *httptrace.ClientTrace {
 // here (Caddy's own write timeouts bound a stalled client).
 //
 // slowClient reports that the client set the pace: one write took longer
-// than timeout, or writes to the client took most of the exchange. The
-// region is read only as fast as the client reads, so a region that ends
-// an answer it could not send in time (a send deadline of its own) was
-// held up by the client, not failing.
+// than timeout, or writes to the client took most of the exchange and at
+// least clientBackPressure. The region is read only as fast as the client
+// reads, so a region that ends an answer it could not send in time (a send
+// deadline of its own) was held up by the client, not failing.
 func (ex *exchange) copyAnswer(w io.Writer, r io.Reader, size int64, timeout time.Duration) (readErr, writeErr error, slowClient bool) {
 	pool := &bufPool
 	if size >= largeBody {
@@ -260,10 +260,17 @@ func (ex *exchange) copyAnswer(w io.Writer, r io.Reader, size int64, timeout tim
 			return nil, nil, slowClient
 		}
 		if err != nil {
-			return err, nil, slowClient || writing > time.Since(began)/2
+			return err, nil, slowClient || writing >= clientBackPressure && writing > time.Since(began)/2
 		}
 	}
 }
+
+// clientBackPressure is how long writes to a client must have blocked, in
+// all, before a region's cut-off can be blamed on that client. Without a
+// floor, an answer cut off within microseconds could be blamed on a write
+// the scheduler merely paused (seen under -race on 2 cores); no region's
+// send deadline is that short.
+const clientBackPressure = 20 * time.Millisecond
 
 // passedHeaders are the region's answer headers a client may see. The
 // list is closed, so that nothing the region (or anything between) sends
