@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"regexp"
@@ -38,6 +39,7 @@ func main() {
 	messages := flag.Int("messages", 20, "messages to publish")
 	interval := flag.Duration("interval", 250*time.Millisecond, "time between publishes")
 	label := flag.String("label", "", "a label for the result line")
+	clientKind := flag.String("client", "raw", "how long polls are sent: raw (HTTP/1.1 written directly, one connection per subscriber) or nethttp (net/http's client)")
 	flag.Parse()
 
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: *n + 10, MaxConnsPerHost: 0, DisableCompression: true}}
@@ -72,8 +74,10 @@ func main() {
 			defer done.Done()
 			if *mode == "sse" {
 				subscribeSSE(ctx, client, *gateway+topic, *messages, &ready, count, func(t string) { record(s, t) })
-			} else {
+			} else if *clientKind == "nethttp" {
 				subscribeLongPoll(ctx, client, *gateway+topic, *messages, &ready, count, func(t string) { record(s, t) })
+			} else {
+				subscribeLongPollRaw(ctx, *gateway, topic, *messages, &ready, count, func(t string) { record(s, t) })
 			}
 		}()
 	}
@@ -130,18 +134,18 @@ func main() {
 	})
 	perWaiterRSS := float64(waiting.rssKiB-before.rssKiB) / float64(*n)
 	perWaiterG := float64(waiting.goroutines-before.goroutines) / float64(*n)
-	fmt.Printf("%s\tmode=%s\tn=%d\tmessages=%d\tcomplete=%d/%d\tdelivered=%d/%d\tp50=%s\tp99=%s\tmax=%s\tnon200=%s\tupstream_subscriptions_max=%d\trss_per_waiter=%.1fKiB\tgoroutines_per_waiter=%.2f\n",
-		*label, *mode, *n, *messages, complete, *n, len(all), *n**messages, pct(0.5).Round(time.Millisecond), pct(0.99).Round(time.Millisecond),
+	fmt.Printf("%s\tmode=%s\tclient=%s\tn=%d\tmessages=%d\tcomplete=%d/%d\tdelivered=%d/%d\tp50=%s\tp99=%s\tmax=%s\tnon200=%s\tupstream_subscriptions_max=%d\trss_per_waiter=%.1fKiB\tgoroutines_per_waiter=%.2f\n",
+		*label, *mode, *clientKind, *n, *messages, complete, *n, len(all), *n**messages, pct(0.5).Round(time.Millisecond), pct(0.99).Round(time.Millisecond),
 		pct(1).Round(time.Millisecond), strings.Join(other, ",")+"-", most, perWaiterRSS, perWaiterG)
 }
 
-// subscribeLongPoll follows the topic with Momento's long polls.
+// subscribeLongPoll follows the topic with Momento's long polls, through
+// net/http's client.
 func subscribeLongPoll(ctx context.Context, c *http.Client, url string, want int, ready *sync.WaitGroup, count func(int), got func(string)) {
-	var seq, page uint64
+	var cur pollCursor
 	first := true
-	received := 0
-	for received < want && ctx.Err() == nil {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s?sequence_number=%d&sequence_page=%d", url, seq, page), nil)
+	for cur.received < want && ctx.Err() == nil {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url+cur.query(), nil)
 		if first {
 			ready.Done()
 			first = false
@@ -157,31 +161,94 @@ func subscribeLongPoll(ctx context.Context, c *http.Client, url string, want int
 			time.Sleep(time.Second)
 			continue
 		}
-		var ans struct {
-			Items []struct {
-				Item *struct {
-					Seq   uint64                `json:"topic_sequence_number"`
-					Page  uint64                `json:"sequence_page"`
-					Value struct{ Text string } `json:"value"`
-				} `json:"item"`
-				Discontinuity *struct {
-					New  uint64 `json:"new_topic_sequence"`
-					Page uint64 `json:"new_sequence_page"`
-				} `json:"discontinuity"`
-			} `json:"items"`
-		}
-		if json.Unmarshal(body, &ans) != nil {
+		cur.apply(body, got)
+	}
+}
+
+// subscribeLongPollRaw follows the topic with Momento's long polls, each
+// subscriber on one kept-alive HTTP/1.1 connection of its own, written and
+// read directly: the same requests as net/http's client sends, for a
+// fraction of its CPU (its Transport runs two goroutines per connection
+// and hands every request between them), which leaves the shared cores to
+// the gateway.
+func subscribeLongPollRaw(ctx context.Context, base, path string, want int, ready *sync.WaitGroup, count func(int), got func(string)) {
+	ready.Done()
+	host := strings.TrimPrefix(base, "http://")
+	var cur pollCursor
+	for cur.received < want && ctx.Err() == nil {
+		conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", host)
+		if err != nil {
+			time.Sleep(100 * time.Millisecond)
 			continue
 		}
-		for _, it := range ans.Items {
-			switch {
-			case it.Item != nil:
-				got(it.Item.Value.Text)
-				received++
-				seq, page = it.Item.Seq+1, it.Item.Page
-			case it.Discontinuity != nil:
-				seq, page = it.Discontinuity.New, it.Discontinuity.Page
+		stop := context.AfterFunc(ctx, func() { conn.Close() })
+		br := bufio.NewReader(conn)
+		var req []byte
+		for cur.received < want {
+			req = fmt.Appendf(req[:0], "GET %s%s HTTP/1.1\r\nHost: %s\r\n\r\n", path, cur.query(), host)
+			if _, err = conn.Write(req); err != nil {
+				break
 			}
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				break
+			}
+			body, err := io.ReadAll(resp.Body)
+			if err != nil {
+				break
+			}
+			count(resp.StatusCode)
+			if resp.StatusCode != 200 {
+				time.Sleep(time.Second)
+			} else {
+				cur.apply(body, got)
+			}
+			if resp.Close {
+				break
+			}
+		}
+		stop()
+		conn.Close()
+	}
+}
+
+// pollCursor is where a long-polling subscriber is in the topic.
+type pollCursor struct {
+	seq, page uint64
+	received  int
+}
+
+func (c *pollCursor) query() string {
+	return fmt.Sprintf("?sequence_number=%d&sequence_page=%d", c.seq, c.page)
+}
+
+// apply reads a subscribe answer: each message to got, and the cursor
+// moved past it (or to where a discontinuity says).
+func (c *pollCursor) apply(body []byte, got func(string)) {
+	var ans struct {
+		Items []struct {
+			Item *struct {
+				Seq   uint64                `json:"topic_sequence_number"`
+				Page  uint64                `json:"sequence_page"`
+				Value struct{ Text string } `json:"value"`
+			} `json:"item"`
+			Discontinuity *struct {
+				New  uint64 `json:"new_topic_sequence"`
+				Page uint64 `json:"new_sequence_page"`
+			} `json:"discontinuity"`
+		} `json:"items"`
+	}
+	if json.Unmarshal(body, &ans) != nil {
+		return
+	}
+	for _, it := range ans.Items {
+		switch {
+		case it.Item != nil:
+			got(it.Item.Value.Text)
+			c.received++
+			c.seq, c.page = it.Item.Seq+1, it.Item.Page
+		case it.Discontinuity != nil:
+			c.seq, c.page = it.Discontinuity.New, it.Discontinuity.Page
 		}
 	}
 }
