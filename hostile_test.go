@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/sony/gobreaker/v2"
+
+	"github.com/momento-gateway/caddy-momento/momentolocal"
 )
 
 // rawRequest writes bytes to the gateway on a fresh connection and returns
@@ -558,5 +560,58 @@ func TestOneClientCannotSpendTheRegionForOthers(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusNoContent {
 		t.Fatalf("another address got %d", resp.StatusCode)
+	}
+}
+
+// Cursors are the client's to choose. Answers the hub encodes for cursors
+// outside its buffer (another page, ahead of the topic) are not kept: one
+// client polling with a new cursor each time used to make the gateway keep
+// every answer, about 1 MiB each, until the next message (3.8 GB from one
+// connection in a hostile review).
+func TestCursorsCannotGrowTheHub(t *testing.T) {
+	lh, err := momentolocal.New(momentolocal.Handler{Token: "t", TopicBuffer: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lh.Close() })
+	up := newUpstream(t, lh.HTTPHandler())
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t}")
+	// A subscriber starts the hub; 60 messages of 4 KiB fill its buffer.
+	sub := &subscriber{g: g, path: "/topics/c/t"}
+	first := make(chan error, 1)
+	go func() { _, err := sub.poll(context.Background()); first <- err }()
+	waitFor(t, func() bool { return up.hits.Load() == 1 }) // the hub's subscription
+	value := strings.Repeat("x", 4<<10)
+	for range 60 {
+		expect(t, g.publish("/topics/c/t", "text/plain", value), http.StatusNoContent, "")
+	}
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	for sub.seq < 60 {
+		if _, err := sub.poll(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	before := ms.HeapAlloc
+	const polls = 200
+	for i := range polls {
+		// Another page each time: a discontinuity and the whole buffer.
+		r := g.get(fmt.Sprintf("/topics/c/t?sequence_number=0&sequence_page=%d", 1000+i))
+		expect(t, r, http.StatusOK, `"discontinuity"`)
+		if len(r.body) < 60*len(value) {
+			t.Fatalf("answer of %d bytes; want the 60 buffered messages", len(r.body))
+		}
+		// Ahead of the topic: a discontinuity alone.
+		expect(t, g.get(fmt.Sprintf("/topics/c/t?sequence_number=%d", 1000+i)), http.StatusOK, `"discontinuity"`)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	if grew := int64(ms.HeapAlloc) - int64(before); grew > 32<<20 {
+		t.Fatalf("the heap grew by %d MiB after %d polls at new cursors (each answer about %d KiB)", grew>>20, polls, 60*len(value)>>10)
 	}
 }

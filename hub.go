@@ -84,8 +84,12 @@ type hubView struct {
 	final   *refusal
 	changed chan struct{}
 	// encoded caches this view's answers by cursor and form: the many
-	// waiters at one cursor get the same bytes, encoded once.
-	encoded sync.Map // answerKey -> []byte
+	// waiters at one cursor get the same bytes, encoded once. Only answers
+	// from within the buffer are kept, and at most memoLeft bytes of them:
+	// cursors are the clients' to choose, and one client asking with a new
+	// one each time must not make the view grow.
+	encoded  sync.Map // answerKey -> []byte
+	memoLeft atomic.Int64
 }
 
 type answerKey struct {
@@ -252,9 +256,11 @@ type discontinuity struct{ last, newSeq, newPage uint64 }
 type hubAnswer struct {
 	disc *discontinuity
 	msgs []hubMessage
-	// view and key say where the answer comes from, to share its encoding.
+	// view and key say where the answer comes from, to share its encoding
+	// (when memo is set: an answer from within the buffer).
 	view *hubView
 	key  answerKey
+	memo bool
 }
 
 // read answers a cursor from the buffer, or returns the channel to wait on
@@ -286,10 +292,12 @@ func (hb *hub) read(cur cursor) (ans hubAnswer, final *refusal, wait <-chan stru
 	case cur.next < v.next:
 		from := int(cur.next - first)
 		ans.msgs = v.msgs[from:min(len(v.msgs), from+maxItemsPerAnswer)]
+		// Page 0 (the client has none yet) and the view's page get the
+		// same answer.
+		ans.key, ans.memo = answerKey{next: cur.next, page: v.page}, true
 	default:
 		return ans, nil, v.changed
 	}
-	ans.key = answerKey{next: cur.next, page: cur.page}
 	hb.owner.fannedOut.Add(int64(len(ans.msgs)))
 	return ans, nil, nil
 }
@@ -308,23 +316,35 @@ func (ans hubAnswer) after(cur cursor) cursor {
 // json is the answer as Momento's subscribe answer, encoded once for all
 // the waiters at its cursor.
 func (ans hubAnswer) json() []byte {
-	if b, ok := ans.view.encoded.Load(ans.key); ok {
-		return b.([]byte)
-	}
-	b := ans.appendJSON(nil)
-	ans.view.encoded.Store(ans.key, b)
-	return b
+	return ans.encode(ans.key, hubAnswer.appendJSON)
 }
 
 // events is the answer as Server-Sent Events, encoded once likewise.
 func (ans hubAnswer) events() []byte {
 	key := ans.key
 	key.events = true
-	if b, ok := ans.view.encoded.Load(key); ok {
+	return ans.encode(key, hubAnswer.appendEvents)
+}
+
+// encode returns the answer's encoding, from the view's memo when it is
+// there, and keeps it there while the view's memo has room.
+func (ans hubAnswer) encode(key answerKey, appendTo func(hubAnswer, []byte) []byte) []byte {
+	if !ans.memo {
+		return appendTo(ans, nil)
+	}
+	v := ans.view
+	if b, ok := v.encoded.Load(key); ok {
 		return b.([]byte)
 	}
-	b := ans.appendEvents(nil)
-	ans.view.encoded.Store(key, b)
+	b := appendTo(ans, nil)
+	if v.memoLeft.Add(-int64(len(b))) < 0 {
+		v.memoLeft.Add(int64(len(b)))
+		return b
+	}
+	if kept, loaded := v.encoded.LoadOrStore(key, b); loaded {
+		v.memoLeft.Add(int64(len(b))) // another waiter's came first
+		return kept.([]byte)
+	}
 	return b
 }
 
@@ -348,6 +368,7 @@ func (ans hubAnswer) appendJSON(b []byte) []byte {
 func (hb *hub) publish(v *hubView) {
 	old := hb.view.Load()
 	v.changed = make(chan struct{})
+	v.memoLeft.Store(int64(hb.set.bufferSize))
 	hb.view.Store(v)
 	close(old.changed)
 }

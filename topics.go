@@ -192,25 +192,33 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, hb *hub, cur cu
 	hdr.Set("X-Accel-Buffering", "no") // proxies in front: do not buffer the stream
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
-	if rc.Flush() != nil {
+	defer rc.SetWriteDeadline(time.Time{}) //nolint:errcheck // best effort; see send
+	// send writes to the client, which must take it within clientStall: a
+	// stream that stopped reading would otherwise hold what it was sent
+	// (and the hub's view it came from) for as long as it stays connected.
+	// (Where the connection cannot take a deadline, the server's own
+	// timeouts hold the client.)
+	send := func(b []byte) bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(clientStall))
+		_, err := w.Write(b)
+		return err == nil && rc.Flush() == nil
+	}
+	if !send(nil) {
 		return http.StatusOK
 	}
 	beat := time.NewTicker(heartbeat)
 	defer beat.Stop()
-	var buf []byte
 	for {
 		ans, final, wait := hb.read(cur)
 		switch {
 		case final != nil:
 			// The region refused the subscription (a missing cache, say):
 			// tell the page, and end the stream.
-			buf = fmt.Appendf(buf[:0], "event: error\ndata: %d %s\n\n", final.status, oneLine(final.msg))
-			_, _ = w.Write(buf)
-			_ = rc.Flush()
+			send(fmt.Appendf(nil, "event: error\ndata: %d %s\n\n", final.status, oneLine(final.msg)))
 			return http.StatusOK
 		case wait == nil:
-			if _, err := w.Write(ans.events()); err != nil || rc.Flush() != nil {
-				return http.StatusOK // the client went away
+			if !send(ans.events()) {
+				return http.StatusOK // the client went away, or stopped reading
 			}
 			cur = ans.after(cur)
 			continue
@@ -218,7 +226,7 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, hb *hub, cur cu
 		select {
 		case <-wait:
 		case <-beat.C:
-			if _, err := w.Write([]byte(": heartbeat\n\n")); err != nil || rc.Flush() != nil {
+			if !send([]byte(": heartbeat\n\n")) {
 				return http.StatusOK
 			}
 		case <-r.Context().Done():
