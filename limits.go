@@ -3,6 +3,7 @@ package momento
 import (
 	"fmt"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -148,8 +149,15 @@ func (a *App) admitOp(r *http.Request) *refusal {
 }
 
 // clientAddress is the request's client address, as Caddy determined it
-// (trusted proxies included).
+// (trusted proxies included), for the per-client limits. An IPv6 client
+// is its /64 network: one host is usually given a whole /64, and could
+// otherwise take a fresh share of every limit from each of its addresses.
 func clientAddress(r *http.Request) string {
 	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	if addr, err := netip.ParseAddr(ip); err == nil && addr.Is6() && !addr.Is4In6() {
+		if p, err := addr.Prefix(64); err == nil {
+			return p.String()
+		}
+	}
 	return ip
 }
