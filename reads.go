@@ -3,7 +3,9 @@ package momento
 import (
 	"cmp"
 	"context"
+	"errors"
 	"hash/maphash"
+	"io"
 	"net/http"
 	"strconv"
 	"sync"
@@ -107,8 +109,11 @@ type regionReads struct {
 // maxHeldBytes bounds the memory of a region's shared calls. A shared
 // call keeps its whole answer until its slowest client has it, so clients
 // that read slowly, or not at all, would otherwise make the gateway hold a
-// copy of a large value each. Past this bound, GETs are proxied one call
-// each, streamed at the client's pace, until the calls in flight are done.
+// copy of a large value each. A call reserves its answer's Content-Length
+// when the answer's headers arrive; an answer that does not fit is not
+// kept but streamed to the client that started the call, at its pace, and
+// the call is not shared (see flight.direct). Past this bound, GETs are
+// proxied one call each likewise, until the calls in flight are done.
 const maxHeldBytes = 64 << 20
 
 // maxHeldPerClient and maxCallsPerClient bound the shared calls that one
@@ -130,6 +135,20 @@ const (
 type clientHeld struct {
 	bytes int64
 	calls int
+}
+
+// reserve holds n more bytes for a call the client address started, if
+// they fit both the region's bound and the address's share.
+func (rr *regionReads) reserve(client string, n int64) bool {
+	rr.heldMu.Lock()
+	defer rr.heldMu.Unlock()
+	ch := rr.heldBy[client] // there: the call counts in it
+	if rr.held.Load()+n > maxHeldBytes || ch == nil || ch.bytes+n > maxHeldPerClient {
+		return false
+	}
+	rr.held.Add(n)
+	ch.bytes += n
+	return true
 }
 
 // holdFor adds to what the calls of the client address hold, and forgets
@@ -276,8 +295,8 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 			if age := time.Since(e.fetched); age <= lc.set.maxAge && (e.expires.IsZero() || time.Now().Before(e.expires)) {
 				rr.hits.Add(1)
 				if age > lc.set.renewAfter() && h.coalesce() && !e.renewing.Load() &&
-					h.app.admitOp(r) == nil && e.renewing.CompareAndSwap(false, true) {
-					rr.renew(h, r, c, lc, key)
+					h.app.admitOp(r) == nil && e.renewing.CompareAndSwap(false, true) && !rr.renew(h, r, c, lc, key) {
+					e.renewing.Store(false) // a later hit tries again
 				}
 				return writeCached(w, e, "hit; ttl="+strconv.FormatInt(int64((lc.set.maxAge-age)/time.Second), 10)), false
 			}
@@ -290,23 +309,32 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 	if f == nil {
 		// Past the bounds on what shared calls hold: a call of its own,
 		// streamed at its pace.
-		if rf := h.app.admitOp(r); rf != nil {
-			return rf.write(w), false
-		}
-		rr.misses.Add(1)
-		w.Header().Set("Cache-Status", cacheStatusName+"; fwd=miss")
-		return h.proxy(w, r, c)
+		return h.ownCall(w, r, c)
 	}
-	defer f.leave()
+	left := false
+	defer func() {
+		if !left {
+			f.leave(!joined)
+		}
+	}()
 	if joined {
 		rr.coalesced.Add(1)
 	} else {
 		rr.misses.Add(1)
 	}
-	st, hdr, ok := f.wait(r.Context())
+	st, hdr, direct, ok := f.wait(r.Context())
 	if !ok {
 		w.WriteHeader(499) // the client went away
 		return 499, false
+	}
+	if direct && joined {
+		// The answer is too large to keep for the call's other clients
+		// (the bounds): only its starter gets it. This client makes a call
+		// of its own, streamed at its pace.
+		left = true
+		f.leave(false)
+		rr.coalesced.Add(-1)
+		return h.ownCall(w, r, c)
 	}
 	if st >= 500 && entry != nil && lc != nil && time.Since(entry.fetched) <= lc.set.keep &&
 		(entry.expires.IsZero() || time.Now().Before(entry.expires)) {
@@ -323,6 +351,9 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 	}
 	w.Header().Set("Cache-Status", cacheStatusName+"; "+fwd)
 	w.WriteHeader(st)
+	if direct {
+		return st, f.pipeTo(w, clientStall)
+	}
 	body, cut := f.copyTo(r.Context(), w, clientStall)
 	if cut {
 		return st, true
@@ -331,6 +362,17 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 		rr.fill(lc, f, key, st, body.bytes, hdr["Content-Type"])
 	}
 	return st, false
+}
+
+// ownCall serves a GET with a call of its own, not shared: past the bounds
+// on what shared calls hold.
+func (h *Handler) ownCall(w http.ResponseWriter, r *http.Request, c *call) (status int, cutOff bool) {
+	if rf := h.app.admitOp(r); rf != nil {
+		return rf.write(w), false
+	}
+	c.region.state.reads.misses.Add(1)
+	w.Header().Set("Cache-Status", cacheStatusName+"; fwd=miss")
+	return h.proxy(w, r, c)
 }
 
 // fill caches a call's answer, unless a write through this gateway
@@ -384,12 +426,18 @@ func (rr *regionReads) wrote(key readKey, c *call) {
 	delete(rr.flights, key)
 	for _, lc := range rr.caches {
 		if c.op == opSet {
-			lc.store.Set(key, &cached{mark: true, expires: time.Now().Add(time.Duration(c.ttl) * time.Second)})
+			// Clamped, so that a huge ttl_seconds cannot wrap around.
+			ttl := time.Duration(min(c.ttl, uint64(maxMarkTTL/time.Second))) * time.Second
+			lc.store.Set(key, &cached{mark: true, expires: time.Now().Add(ttl)})
 		} else {
 			lc.store.Invalidate(key)
 		}
 	}
 }
+
+// maxMarkTTL bounds the TTL a write leaves behind in the local caches: far
+// past any max_age, and far from time.Duration's limit.
+const maxMarkTTL = 100 * 365 * 24 * time.Hour
 
 // purge empties the region's local caches, or only the entries of one
 // cache (a Momento cache) when cacheName is not empty. It returns how many
@@ -461,10 +509,24 @@ type flight struct {
 	done    bool
 	cut     bool // the region broke off mid-answer, or the call was abandoned
 	// abandoned is set when the last client left before the answer was
-	// whole: the call is being ended, and no client may join it.
+	// whole, or the call is direct: no client may join it.
 	abandoned bool
-	released  bool // the bytes held are given back
-	changed   chan struct{}
+	// reserved is what the call holds against the bounds: the answer's
+	// Content-Length once its headers arrive (more, if more arrives).
+	reserved int64
+	released bool // the bytes held are given back
+	// overflow is set when more arrived than the bounds let the call keep.
+	overflow bool
+	// direct is set when the answer does not fit the bounds when its
+	// headers arrive: it is not kept but streamed through pr and pw to the
+	// client that started the call, at that client's pace (piped counts
+	// it). starterLeft records that this client has gone.
+	direct      bool
+	pr          *io.PipeReader
+	pw          *io.PipeWriter
+	piped       int64
+	starterLeft bool
+	changed     chan struct{}
 }
 
 // join adds a client to the item's call in flight, or starts one. It
@@ -536,31 +598,39 @@ func (rr *regionReads) start(h *Handler, r *http.Request, c *call, key readKey) 
 // moment the entry expires. The call is charged to the client whose read
 // started it (max_ops_per_client), as the miss it replaces would be; a
 // region that fails it leaves the entry as it was.
-func (rr *regionReads) renew(h *Handler, r *http.Request, c *call, lc *localCache, key readKey) {
+func (rr *regionReads) renew(h *Handler, r *http.Request, c *call, lc *localCache, key readKey) bool {
 	if rr.held.Load() >= maxHeldBytes || !rr.mayStart(clientAddress(r)) {
-		return
+		return false
 	}
 	rr.mu.Lock()
 	if rr.flights[key] != nil {
 		rr.mu.Unlock()
-		return
+		return false
 	}
 	f := rr.start(h, r, c, key)
 	rr.mu.Unlock()
 	rr.renewals.Add(1)
 	go func() {
-		defer f.leave()
+		defer f.leave(true)
 		st, ct, body, ok := f.result()
 		if ok && (st == http.StatusOK || st == http.StatusNotFound && string(body) == "Key Not Found") {
 			rr.fill(lc, f, key, st, body, ct)
 		}
 	}()
+	return true
 }
 
 // leave takes a client off the call; the last one ends it, if it still runs
-// (it says nothing about the region then).
-func (f *flight) leave() {
+// (it says nothing about the region then). starter says the client is the
+// one that started the call, the only reader of a direct answer.
+func (f *flight) leave(starter bool) {
 	f.mu.Lock()
+	if starter {
+		f.starterLeft = true
+		if f.pr != nil {
+			_ = f.pr.Close()
+		}
+	}
 	f.clients--
 	last := f.clients == 0 && !f.done
 	f.abandoned = f.abandoned || last
@@ -576,35 +646,72 @@ func (f *flight) leave() {
 func (f *flight) releaseIfOver() {
 	if f.done && f.clients == 0 && !f.released {
 		f.released = true
-		f.reads.held.Add(-int64(len(f.body)))
-		f.reads.holdFor(f.owner, -int64(len(f.body)), -1)
+		f.reads.held.Add(-f.reserved)
+		f.reads.holdFor(f.owner, -f.reserved, -1)
 	}
 }
 
 // Header implements http.ResponseWriter.
 func (f *flight) Header() http.Header { return f.header }
 
-// WriteHeader implements http.ResponseWriter.
+// WriteHeader implements http.ResponseWriter: the answer's headers have
+// arrived, and with them its size, which the call reserves.
 func (f *flight) WriteHeader(status int) {
 	f.mu.Lock()
-	if f.status == 0 {
-		f.status = status
-		f.notify()
-	}
+	f.writeHeader(status)
 	f.mu.Unlock()
 }
+
+// writeHeader sets the status once, and reserves the answer's size or
+// makes the call direct. Callers hold f.mu.
+func (f *flight) writeHeader(status int) {
+	if f.status != 0 {
+		return
+	}
+	n, err := strconv.ParseInt(f.header.Get("Content-Length"), 10, 64)
+	if err != nil || n < 0 {
+		n = 0 // not known: reserved as it arrives
+	}
+	if f.reads.reserve(f.owner, n) {
+		f.reserved = n
+	} else {
+		f.direct, f.abandoned = true, true
+		f.pr, f.pw = io.Pipe()
+		if f.starterLeft {
+			_ = f.pr.Close()
+		}
+	}
+	f.status = status
+	f.notify()
+}
+
+// errOverHeldBounds ends a call whose answer, longer than its headers said
+// or than they could tell, outgrew the bounds.
+var errOverHeldBounds = errors.New("the answer outgrew the bounds on what shared calls hold")
 
 // Write implements http.ResponseWriter.
 func (f *flight) Write(p []byte) (int, error) {
 	f.mu.Lock()
-	if f.status == 0 {
-		f.status = http.StatusOK
+	f.writeHeader(http.StatusOK)
+	if f.direct {
+		pw := f.pw
+		f.mu.Unlock()
+		n, err := pw.Write(p)
+		f.mu.Lock()
+		f.piped += int64(n)
+		f.mu.Unlock()
+		return n, err
+	}
+	defer f.mu.Unlock()
+	if more := int64(len(f.body)+len(p)) - f.reserved; more > 0 {
+		if !f.reads.reserve(f.owner, more) {
+			f.overflow = true
+			return 0, errOverHeldBounds
+		}
+		f.reserved += more
 	}
 	f.body = append(f.body, p...)
-	f.reads.held.Add(int64(len(p)))
-	f.reads.holdFor(f.owner, int64(len(p)), 0)
 	f.notify()
-	f.mu.Unlock()
 	return len(p), nil
 }
 
@@ -613,14 +720,30 @@ func (f *flight) finish(cut bool) {
 	if f.status == 0 {
 		f.status = http.StatusBadGateway
 	}
-	if n, err := strconv.Atoi(f.header.Get("Content-Length")); err == nil && n != len(f.body) {
+	got := int64(len(f.body))
+	if f.direct {
+		got = f.piped
+	}
+	if n, err := strconv.ParseInt(f.header.Get("Content-Length"), 10, 64); err == nil && n != got {
 		cut = true // whatever ended it, the answer is not whole
 	}
+	cut = cut || f.overflow
 	f.done, f.cut = true, cut
+	if f.pw != nil {
+		if cut {
+			_ = f.pw.CloseWithError(errAnswerCut)
+		} else {
+			_ = f.pw.Close()
+		}
+	}
 	f.releaseIfOver()
 	f.notify()
 	f.mu.Unlock()
 }
+
+// errAnswerCut is what the reader of a direct answer gets when the region
+// broke off.
+var errAnswerCut = errors.New("the region's answer was cut off")
 
 // notify wakes the clients. Callers hold f.mu.
 func (f *flight) notify() {
@@ -636,7 +759,10 @@ func (f *flight) result() (status int, contentType []string, body []byte, ok boo
 		f.mu.Lock()
 		done, ch := f.done, f.changed
 		if done {
-			status, body, ok = f.status, f.body, !f.cut
+			status, body, ok = f.status, f.body, !f.cut && !f.direct
+		}
+		if f.pr != nil {
+			_ = f.pr.Close() // a direct answer is not kept: nothing to wait for
 		}
 		f.mu.Unlock()
 		if done {
@@ -646,19 +772,47 @@ func (f *flight) result() (status int, contentType []string, body []byte, ok boo
 	}
 }
 
-// wait waits for the answer's status and headers.
-func (f *flight) wait(ctx context.Context) (int, http.Header, bool) {
+// wait waits for the answer's status and headers, and tells whether the
+// answer is direct (streamed to the call's starter only).
+func (f *flight) wait(ctx context.Context) (status int, header http.Header, direct, ok bool) {
 	for {
 		f.mu.Lock()
-		st, ch := f.status, f.changed
+		st, direct, ch := f.status, f.direct, f.changed
 		f.mu.Unlock()
 		if st != 0 {
-			return st, f.header, true
+			return st, f.header, direct, true
 		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return 0, nil, false
+			return 0, nil, false, false
+		}
+	}
+}
+
+// pipeTo streams a direct answer to the client that started the call, and
+// reports whether the region broke off. Like copyTo, a client that takes
+// no part of the answer for stall is dropped.
+func (f *flight) pipeTo(w http.ResponseWriter, stall time.Duration) (cutOff bool) {
+	rc := http.NewResponseController(w)
+	defer rc.SetWriteDeadline(time.Time{}) //nolint:errcheck // best effort, as in copyTo
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	for {
+		n, err := f.pr.Read(*bp)
+		if n > 0 {
+			_ = rc.SetWriteDeadline(time.Now().Add(stall))
+			if _, werr := w.Write((*bp)[:n]); werr != nil {
+				_ = f.pr.CloseWithError(werr) // the client went away, or stalled
+				return false
+			}
+			_ = rc.Flush()
+		}
+		switch {
+		case err == io.EOF:
+			return false
+		case err != nil:
+			return errors.Is(err, errAnswerCut)
 		}
 	}
 }

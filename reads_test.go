@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -378,7 +379,11 @@ func TestClientsThatDoNotReadCannotFillTheGatewayMemory(t *testing.T) {
 
 // One address whose connections do not read cannot take the region's
 // bound on shared answers: past its own share its GETs are proxied one
-// call each, and another address's reads are still shared and cached.
+// call each, and another address's reads are still shared and cached. The
+// GETs come in one burst: the bounds hold for calls whose answers have not
+// arrived yet (each reserves its answer's size when its headers arrive;
+// before that, 64 calls started at once from one address held 5 MiB each,
+// 60 times its share, in a hostile review).
 func TestOneAddressCannotTakeTheSharedCallsFromOthers(t *testing.T) {
 	g, sw, _, up := readsGatewayTimeout(t, "10s", "\t\tlocal_cache {\n\t\t\tmax_age 1m\n\t\t}\n")
 	value := make([]byte, 4<<20)
@@ -390,12 +395,21 @@ func TestOneAddressCannotTakeTheSharedCallsFromOthers(t *testing.T) {
 	}
 	expect(t, g.put("/cache/c?key=small&ttl_seconds=600", "v"), 204, "")
 	rs := pooledRegionState(t, "r", up.URL)
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
 	for i := range keys {
 		slowClient(t, g, fmt.Sprintf("/cache/c?key=big%d", i), 4<<10)
-		waitFor(t, func() bool { return sw.gets.Load() == int64(i+1) })
 	}
-	if held := rs.reads.held.Load(); held >= maxHeldBytes {
-		t.Errorf("one address's shared calls hold %d MiB, the region's whole bound", held>>20)
+	waitFor(t, func() bool { return sw.gets.Load() == keys })
+	if held := rs.reads.held.Load(); held > maxHeldPerClient {
+		t.Errorf("one address's shared calls hold %d MiB, more than its share (%d MiB)", held>>20, maxHeldPerClient>>20)
+	}
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	if grew, bound := int64(after.HeapAlloc)-int64(before.HeapAlloc), int64(maxHeldPerClient+4*len(value)); grew > bound {
+		t.Errorf("%d GETs of %d MiB values that are not read grew the heap by %d MiB, want at most %d MiB", keys, len(value)>>20, grew>>20, bound>>20)
 	}
 	// Another address: its read is shared, and cached.
 	other := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).DialContext}}
@@ -408,6 +422,61 @@ func TestOneAddressCannotTakeTheSharedCallsFromOthers(t *testing.T) {
 		if cs := resp.Header.Get("Cache-Status"); !strings.HasPrefix(cs, want) || (i == 0 && strings.Contains(cs, "hit")) {
 			t.Fatalf("read %d from 127.0.0.2: Cache-Status %q, want %q", i+1, cs, want)
 		}
+	}
+}
+
+// An answer that does not fit the bounds when its headers arrive is not
+// kept: it streams to the client that started the call, at its pace, and a
+// client that had joined the call makes one of its own. Both get the whole
+// value.
+func TestAnAnswerPastTheBoundsGoesToItsStarterAlone(t *testing.T) {
+	g, sw, _, up := readsGatewayTimeout(t, "10s", "")
+	value := make([]byte, 5<<20-100)
+	_, _ = rand.Read(value)
+	for i := range 4 {
+		expect(t, g.do(http.MethodPut, fmt.Sprintf("/cache/c?key=big%d&ttl_seconds=600", i), bytes.NewReader(value)), 204, "")
+	}
+	rs := pooledRegionState(t, "r", up.URL)
+	// 127.0.0.1 holds three answers it does not read: 15 MiB of its 16.
+	for i := range 3 {
+		slowClient(t, g, fmt.Sprintf("/cache/c?key=big%d", i), 4<<10)
+	}
+	waitFor(t, func() bool { return rs.reads.held.Load() == 3*int64(len(value)) })
+
+	hold := make(chan struct{})
+	sw.set("", hold)
+	starter := make(chan response, 1)
+	go func() { starter <- g.get("/cache/c?key=big3") }()
+	waitFor(t, func() bool { return sw.gets.Load() == 4 })
+	other := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).DialContext}}
+	joiner := make(chan response, 1)
+	go func() {
+		resp, err := other.Get(g.base + "/cache/c?key=big3")
+		if err != nil {
+			joiner <- response{status: -1, body: err.Error()}
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		joiner <- response{status: resp.StatusCode, body: string(b), header: resp.Header}
+	}()
+	waitFor(t, func() bool { return rs.reads.coalesced.Load() == 1 })
+	sw.set("", nil)
+	close(hold)
+	for name, ch := range map[string]chan response{"the starter": starter, "the joiner": joiner} {
+		r := <-ch
+		if r.status != 200 || r.body != string(value) {
+			t.Fatalf("%s got %d and %d bytes", name, r.status, len(r.body))
+		}
+		if cs := r.header.Get("Cache-Status"); cs != "momento-gateway; fwd=miss" {
+			t.Errorf("%s: Cache-Status %q", name, cs)
+		}
+	}
+	if n := sw.gets.Load(); n != 5 {
+		t.Errorf("the region saw %d GETs, want 5 (3 unread, the starter's, the joiner's own)", n)
+	}
+	if held := rs.reads.held.Load(); held != 3*int64(len(value)) {
+		t.Errorf("the shared calls hold %d bytes, want the three unread answers' %d", held, 3*len(value))
 	}
 }
 
@@ -530,12 +599,12 @@ func TestAnAbandonedFlightIsNotJoined(t *testing.T) {
 	c.region = h.regionFor(c.cache)
 	rr := &c.region.state.reads
 	f1, _, _ := rr.join(h, r, c)
-	if st, _, ok := f1.wait(context.Background()); !ok || st != 200 {
+	if st, _, _, ok := f1.wait(context.Background()); !ok || st != 200 {
 		t.Fatalf("first call: %d %v", st, ok)
 	}
-	f1.leave() // its only client: the call is abandoned
+	f1.leave(true) // its only client: the call is abandoned
 	f2, joined, _ := rr.join(h, r, c)
-	defer f2.leave()
+	defer f2.leave(true)
 	if joined || f2 == f1 {
 		t.Fatal("a GET joined a call all of whose clients had left")
 	}
