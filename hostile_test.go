@@ -412,13 +412,28 @@ func TestRunningOutOfSocketsCannotOpenTheBreaker(t *testing.T) {
 	}
 	up, _ := localUpstream(t, "t")
 	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\tbreaker {\n\t\t\tfailures 1\n\t\t}\n\t}")
-	// The client connects first; its request then finds no descriptor
-	// left for the gateway to dial the region with.
+	// The client connects first, and is answered once (a refusal that
+	// opens no file and calls no region) so that the gateway has surely
+	// accepted the connection; its
+	// next request then finds no descriptor left for the gateway to dial the
+	// region with.
 	conn, err := net.Dial("tcp", strings.TrimPrefix(g.base, "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
+	// Should the gateway never answer, the test fails rather than hangs.
+	_ = conn.SetDeadline(time.Now().Add(time.Minute))
+	br := bufio.NewReader(conn)
+	if _, err := io.WriteString(conn, "GET /cache/c HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	first, err := http.ReadResponse(br, nil)
+	if err != nil || first.StatusCode != http.StatusBadRequest {
+		t.Fatalf("a GET with no key: %v %v", first, err)
+	}
+	_, _ = io.Copy(io.Discard, first.Body)
+	first.Body.Close()
 	var was syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &was); err != nil {
 		t.Fatal(err)
@@ -440,8 +455,30 @@ func TestRunningOutOfSocketsCannotOpenTheBreaker(t *testing.T) {
 		}
 		fill = append(fill, fd)
 	}
+	// Until the answer comes, any descriptor that frees up (goroutines of
+	// earlier tests may still be closing theirs) is taken too, so that the
+	// gateway's dial finds none.
+	stop, taken := make(chan struct{}), make(chan []int)
+	go func() {
+		var more []int
+		for {
+			select {
+			case <-stop:
+				taken <- more
+				return
+			default:
+			}
+			if fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0); err == nil {
+				more = append(more, fd)
+			} else {
+				runtime.Gosched()
+			}
+		}
+	}()
 	_, werr := io.WriteString(conn, "GET /cache/c?key=k HTTP/1.1\r\nHost: x\r\n\r\n")
-	resp, rerr := http.ReadResponse(bufio.NewReader(conn), nil)
+	resp, rerr := http.ReadResponse(br, nil)
+	close(stop)
+	fill = append(fill, <-taken...)
 	for _, fd := range fill {
 		syscall.Close(fd)
 	}
