@@ -794,19 +794,22 @@ func (f *flight) wait(ctx context.Context) (status int, header http.Header, dire
 // reports whether the region broke off. Like copyTo, a client that takes
 // no part of the answer for stall is dropped.
 func (f *flight) pipeTo(w http.ResponseWriter, stall time.Duration) (cutOff bool) {
-	rc := http.NewResponseController(w)
-	defer rc.SetWriteDeadline(time.Time{}) //nolint:errcheck // best effort, as in copyTo
+	g := stallGuard{rc: http.NewResponseController(w), stall: stall}
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	for {
 		n, err := f.pr.Read(*bp)
 		if n > 0 {
-			_ = rc.SetWriteDeadline(time.Now().Add(stall))
-			if _, werr := w.Write((*bp)[:n]); werr != nil {
+			g.arm()
+			_, werr := w.Write((*bp)[:n])
+			if werr == nil {
+				werr = g.rc.Flush()
+			}
+			g.disarm()
+			if werr != nil {
 				_ = f.pr.CloseWithError(werr) // the client went away, or stalled
 				return false
 			}
-			_ = rc.Flush()
 		}
 		switch {
 		case err == io.EOF:
@@ -826,6 +829,29 @@ const (
 	clientStall = 30 * time.Second
 )
 
+// stallGuard holds a client to clientStall: it arms the connection's write
+// deadline while the gateway writes to the client, and disarms it while the
+// gateway waits for something to write, since on HTTP/2 a deadline that
+// passes resets the stream, writing or not. (Where the connection cannot
+// take a deadline, the client is held by the server's own timeouts.)
+type stallGuard struct {
+	rc    *http.ResponseController
+	stall time.Duration
+	armed bool
+}
+
+func (g *stallGuard) arm() {
+	_ = g.rc.SetWriteDeadline(time.Now().Add(g.stall))
+	g.armed = true
+}
+
+func (g *stallGuard) disarm() {
+	if g.armed {
+		_ = g.rc.SetWriteDeadline(time.Time{})
+		g.armed = false
+	}
+}
+
 // flightBody is what a client received of a flight's body.
 type flightBody struct {
 	bytes  []byte
@@ -837,8 +863,8 @@ type flightBody struct {
 // client that takes no part of the answer for stall is dropped: the call
 // holds the answer for it until it has it all.
 func (f *flight) copyTo(ctx context.Context, w http.ResponseWriter, stall time.Duration) (flightBody, bool) {
-	rc := http.NewResponseController(w)
-	defer rc.SetWriteDeadline(time.Time{}) //nolint:errcheck // best effort; see below
+	g := stallGuard{rc: http.NewResponseController(w), stall: stall}
+	defer g.disarm()
 	sent := 0
 	for {
 		f.mu.Lock()
@@ -846,22 +872,22 @@ func (f *flight) copyTo(ctx context.Context, w http.ResponseWriter, stall time.D
 		f.mu.Unlock()
 		if sent < len(body) {
 			// In parts, so that the deadline is on progress, not on the
-			// whole value. (Where the connection cannot take a deadline,
-			// the client is held by the server's own timeouts.)
+			// whole value.
 			part := body[sent:min(len(body), sent+stallPart)]
-			_ = rc.SetWriteDeadline(time.Now().Add(stall))
+			g.arm()
 			if _, err := w.Write(part); err != nil {
 				return flightBody{failed: true}, false // the client went away, or stalled
 			}
 			sent += len(part)
 			if !done && sent == len(body) {
-				_ = rc.Flush()
+				_ = g.rc.Flush()
 			}
 			continue
 		}
 		if done {
 			return flightBody{bytes: body, failed: cut}, cut
 		}
+		g.disarm() // waiting for the region, not the client
 		select {
 		case <-ch:
 		case <-ctx.Done():

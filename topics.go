@@ -191,17 +191,15 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, hb *hub, cur cu
 	hdr.Set("Cache-Control", "no-cache")
 	hdr.Set("X-Accel-Buffering", "no") // proxies in front: do not buffer the stream
 	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
-	defer rc.SetWriteDeadline(time.Time{}) //nolint:errcheck // best effort; see send
 	// send writes to the client, which must take it within clientStall: a
 	// stream that stopped reading would otherwise hold what it was sent
 	// (and the hub's view it came from) for as long as it stays connected.
-	// (Where the connection cannot take a deadline, the server's own
-	// timeouts hold the client.)
+	g := stallGuard{rc: http.NewResponseController(w), stall: clientStall}
 	send := func(b []byte) bool {
-		_ = rc.SetWriteDeadline(time.Now().Add(clientStall))
+		g.arm()
+		defer g.disarm()
 		_, err := w.Write(b)
-		return err == nil && rc.Flush() == nil
+		return err == nil && g.rc.Flush() == nil
 	}
 	if !send(nil) {
 		return http.StatusOK
