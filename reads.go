@@ -116,13 +116,16 @@ type regionReads struct {
 // proxied one call each likewise, until the calls in flight are done.
 const maxHeldBytes = 64 << 20
 
-// maxHeldPerClient and maxCallsPerClient bound the shared calls that one
-// client address starts: the bytes they hold, and how many are not over
-// yet. Past either, that address's GETs that would start a call are
-// proxied one call each, as past maxHeldBytes; joining a call, or a cache
-// hit, is still open to it. So a few slow connections cannot take the
-// region's bound, and with it coalescing and the local cache, from every
-// other client.
+// maxHeldPerClient and maxCallsPerClient bound the shared calls of one
+// client address: the bytes of the answers its clients are in (each client
+// that starts or joins a call is charged the answer's size until it
+// leaves), and how many calls it started are not over yet. Past either,
+// that address's GETs that would start a call are proxied one call each,
+// as past maxHeldBytes, and one whose share cannot take an answer it
+// joined makes a call of its own. So a few slow connections, starting
+// calls or joining other clients', cannot take the region's bound, and
+// with it coalescing and the local cache, from every other client; and a
+// client that has its answer gives its share back at once.
 const (
 	maxHeldPerClient = 16 << 20
 	// A burst of calls started at once holds nothing yet: the count bounds
@@ -137,17 +140,52 @@ type clientHeld struct {
 	calls int
 }
 
-// reserve holds n more bytes for a call the client address started, if
-// they fit both the region's bound and the address's share.
+// reserve holds n more bytes for a call, if they fit the region's bound
+// and, unless client is empty, that client address's share (to which they
+// are then charged).
 func (rr *regionReads) reserve(client string, n int64) bool {
 	rr.heldMu.Lock()
 	defer rr.heldMu.Unlock()
-	ch := rr.heldBy[client] // there: the call counts in it
-	if rr.held.Load()+n > maxHeldBytes || ch == nil || ch.bytes+n > maxHeldPerClient {
+	if rr.held.Load()+n > maxHeldBytes || client != "" && !rr.fits(client, n) {
 		return false
 	}
 	rr.held.Add(n)
-	ch.bytes += n
+	if client != "" {
+		rr.heldBy[client].bytes += n
+	}
+	return true
+}
+
+// charge charges n bytes of a call's answer to the share of a client
+// address that joined the call, if they fit. Callers uncharge them with
+// holdFor(client, -n, 0) when the client leaves.
+func (rr *regionReads) charge(client string, n int64) bool {
+	rr.heldMu.Lock()
+	defer rr.heldMu.Unlock()
+	if !rr.fits(client, n) {
+		return false
+	}
+	rr.heldBy[client].bytes += n
+	return true
+}
+
+// fits reports whether n more bytes fit the client address's share, and
+// makes sure the address has an entry. Callers hold rr.heldMu.
+func (rr *regionReads) fits(client string, n int64) bool {
+	ch := rr.heldBy[client]
+	if ch == nil {
+		if rr.heldBy == nil {
+			rr.heldBy = map[string]*clientHeld{}
+		}
+		ch = &clientHeld{}
+		rr.heldBy[client] = ch
+	}
+	if ch.bytes+n > maxHeldPerClient {
+		if ch.bytes <= 0 && ch.calls <= 0 {
+			delete(rr.heldBy, client)
+		}
+		return false
+	}
 	return true
 }
 
@@ -311,10 +349,10 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 		// streamed at its pace.
 		return h.ownCall(w, r, c)
 	}
-	left := false
+	left, entered := false, ""
 	defer func() {
 		if !left {
-			f.leave(!joined)
+			f.leave(!joined, entered)
 		}
 	}()
 	if joined {
@@ -327,14 +365,20 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 		w.WriteHeader(499) // the client went away
 		return 499, false
 	}
-	if direct && joined {
-		// The answer is too large to keep for the call's other clients
-		// (the bounds): only its starter gets it. This client makes a call
-		// of its own, streamed at its pace.
-		left = true
-		f.leave(false)
-		rr.coalesced.Add(-1)
-		return h.ownCall(w, r, c)
+	if joined {
+		// The answer counts against the share of each address with a
+		// client in the call, as it does against the starter's. When the
+		// answer is direct (too large to keep: only the call's starter gets
+		// it), or this client's address cannot take it, the client makes a
+		// call of its own, streamed at its pace.
+		client := clientAddress(r)
+		if direct || !f.enter(client) {
+			left = true
+			f.leave(false, "")
+			rr.coalesced.Add(-1)
+			return h.ownCall(w, r, c)
+		}
+		entered = client
 	}
 	if st >= 500 && entry != nil && lc != nil && time.Since(entry.fetched) <= lc.set.keep &&
 		(entry.expires.IsZero() || time.Now().Before(entry.expires)) {
@@ -354,14 +398,11 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 	if direct {
 		return st, f.pipeTo(w, clientStall)
 	}
-	body, cut := f.copyTo(r.Context(), w, clientStall)
-	if cut {
-		return st, true
-	}
-	if lc != nil && !body.failed && (st == http.StatusOK || st == http.StatusNotFound && string(body.bytes) == "Key Not Found") {
-		rr.fill(lc, f, key, st, body.bytes, hdr["Content-Type"])
-	}
-	return st, false
+	return st, f.copyTo(r.Context(), w, clientStall, func(body []byte) {
+		if lc != nil && (st == http.StatusOK || st == http.StatusNotFound && string(body) == "Key Not Found") {
+			rr.fill(lc, f, key, st, body, hdr["Content-Type"])
+		}
+	})
 }
 
 // ownCall serves a GET with a call of its own, not shared: past the bounds
@@ -511,10 +552,18 @@ type flight struct {
 	// abandoned is set when the last client left before the answer was
 	// whole, or the call is direct: no client may join it.
 	abandoned bool
-	// reserved is what the call holds against the bounds: the answer's
-	// Content-Length once its headers arrive (more, if more arrives).
-	reserved int64
-	released bool // the bytes held are given back
+	// reserved is what the call holds against the region's bound: the
+	// answer's Content-Length once its headers arrive (more, if more
+	// arrives). charged is what each address with a client in the call
+	// (members, counting its clients) has of it counted against its share:
+	// the address that started the call from when the headers arrive,
+	// others from when their first client enters, until their last client
+	// leaves.
+	reserved       int64
+	charged        int64
+	members        map[string]int
+	starterEntered bool
+	released       bool // the bytes held are given back
 	// overflow is set when more arrived than the bounds let the call keep.
 	overflow bool
 	// direct is set when the answer does not fit the bounds when its
@@ -611,7 +660,7 @@ func (rr *regionReads) renew(h *Handler, r *http.Request, c *call, lc *localCach
 	rr.mu.Unlock()
 	rr.renewals.Add(1)
 	go func() {
-		defer f.leave(true)
+		defer f.leave(true, "")
 		st, ct, body, ok := f.result()
 		if ok && (st == http.StatusOK || st == http.StatusNotFound && string(body) == "Key Not Found") {
 			rr.fill(lc, f, key, st, body, ct)
@@ -622,14 +671,21 @@ func (rr *regionReads) renew(h *Handler, r *http.Request, c *call, lc *localCach
 
 // leave takes a client off the call; the last one ends it, if it still runs
 // (it says nothing about the region then). starter says the client is the
-// one that started the call, the only reader of a direct answer.
-func (f *flight) leave(starter bool) {
+// one that started the call, the only reader of a direct answer; entered
+// is the address the client entered with (see enter), if it did.
+func (f *flight) leave(starter bool, entered string) {
 	f.mu.Lock()
 	if starter {
 		f.starterLeft = true
 		if f.pr != nil {
 			_ = f.pr.Close()
 		}
+		if f.starterEntered {
+			f.exit(f.owner)
+		}
+	}
+	if entered != "" {
+		f.exit(entered)
 	}
 	f.clients--
 	last := f.clients == 0 && !f.done
@@ -647,7 +703,32 @@ func (f *flight) releaseIfOver() {
 	if f.done && f.clients == 0 && !f.released {
 		f.released = true
 		f.reads.held.Add(-f.reserved)
-		f.reads.holdFor(f.owner, -f.reserved, -1)
+		f.reads.holdFor(f.owner, 0, -1)
+	}
+}
+
+// enter counts a client of a call whose answer's size is known against
+// its address's share: the address's first client in the call charges it.
+// False: the share cannot take it.
+func (f *flight) enter(addr string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.members[addr] == 0 && !f.reads.charge(addr, f.charged) {
+		return false
+	}
+	if f.members == nil {
+		f.members = map[string]int{}
+	}
+	f.members[addr]++
+	return true
+}
+
+// exit is the other half of enter; the address's last client gives the
+// charge back. Callers hold f.mu.
+func (f *flight) exit(addr string) {
+	if f.members[addr]--; f.members[addr] <= 0 {
+		delete(f.members, addr)
+		f.reads.holdFor(addr, -f.charged, 0)
 	}
 }
 
@@ -669,11 +750,23 @@ func (f *flight) writeHeader(status int) {
 		return
 	}
 	n, err := strconv.ParseInt(f.header.Get("Content-Length"), 10, 64)
-	if err != nil || n < 0 {
-		n = 0 // not known: reserved as it arrives
+	known := err == nil && n >= 0
+	if !known {
+		n = unknownLengthReserve
 	}
-	if f.reads.reserve(f.owner, n) {
-		f.reserved = n
+	owner := f.owner
+	if f.starterLeft {
+		owner = "" // nobody to charge: its client is gone
+	}
+	if f.reads.reserve(owner, n) {
+		f.reserved, f.charged = n, n
+		if owner != "" {
+			f.members = map[string]int{owner: 1}
+			f.starterEntered = true
+		}
+		if known {
+			f.body = make([]byte, 0, n) // the whole answer, in one piece
+		}
 	} else {
 		f.direct, f.abandoned = true, true
 		f.pr, f.pw = io.Pipe()
@@ -685,8 +778,13 @@ func (f *flight) writeHeader(status int) {
 	f.notify()
 }
 
-// errOverHeldBounds ends a call whose answer, longer than its headers said
-// or than they could tell, outgrew the bounds.
+// unknownLengthReserve is what an answer without a Content-Length reserves
+// when its headers arrive: Momento's largest item. An answer that outgrows
+// it reserves more as it arrives, against the region's bound only.
+const unknownLengthReserve = 5 << 20
+
+// errOverHeldBounds ends a call whose answer outgrew what it reserved and
+// then the region's bound.
 var errOverHeldBounds = errors.New("the answer outgrew the bounds on what shared calls hold")
 
 // Write implements http.ResponseWriter.
@@ -704,7 +802,7 @@ func (f *flight) Write(p []byte) (int, error) {
 	}
 	defer f.mu.Unlock()
 	if more := int64(len(f.body)+len(p)) - f.reserved; more > 0 {
-		if !f.reads.reserve(f.owner, more) {
+		if !f.reads.reserve("", more) {
 			f.overflow = true
 			return 0, errOverHeldBounds
 		}
@@ -852,46 +950,50 @@ func (g *stallGuard) disarm() {
 	}
 }
 
-// flightBody is what a client received of a flight's body.
-type flightBody struct {
-	bytes  []byte
-	failed bool
-}
-
 // copyTo streams the body to a client as it arrives, and reports whether
-// the region broke off (the client's answer must then be aborted). A
-// client that takes no part of the answer for stall is dropped: the call
-// holds the answer for it until it has it all.
-func (f *flight) copyTo(ctx context.Context, w http.ResponseWriter, stall time.Duration) (flightBody, bool) {
+// the region broke off (the client's answer must then be aborted). The
+// answer's last byte waits until the answer is whole, and whole is called
+// with it first: a client that has its whole answer finds it cached when
+// it reads again. A client that takes no part of the answer for stall is
+// dropped: the call holds the answer for it until it has it all.
+func (f *flight) copyTo(ctx context.Context, w http.ResponseWriter, stall time.Duration, whole func(body []byte)) (cutOff bool) {
 	g := stallGuard{rc: http.NewResponseController(w), stall: stall}
 	defer g.disarm()
-	sent := 0
+	sent, told := 0, false
 	for {
 		f.mu.Lock()
 		body, done, cut, ch := f.body, f.done, f.cut, f.changed
 		f.mu.Unlock()
-		if sent < len(body) {
+		end := len(body)
+		if !done {
+			end-- // the last byte waits for the answer to be whole
+		}
+		if done && !cut && !told {
+			told = true
+			whole(body)
+		}
+		if sent < end {
 			// In parts, so that the deadline is on progress, not on the
 			// whole value.
-			part := body[sent:min(len(body), sent+stallPart)]
+			part := body[sent:min(end, sent+stallPart)]
 			g.arm()
 			if _, err := w.Write(part); err != nil {
-				return flightBody{failed: true}, false // the client went away, or stalled
+				return false // the client went away, or stalled
 			}
 			sent += len(part)
-			if !done && sent == len(body) {
+			if !done && sent == end {
 				_ = g.rc.Flush()
 			}
 			continue
 		}
 		if done {
-			return flightBody{bytes: body, failed: cut}, cut
+			return cut
 		}
 		g.disarm() // waiting for the region, not the client
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return flightBody{failed: true}, false
+			return false
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -388,8 +389,9 @@ func TestOneAddressCannotTakeTheSharedCallsFromOthers(t *testing.T) {
 	g, sw, _, up := readsGatewayTimeout(t, "10s", "\t\tlocal_cache {\n\t\t\tmax_age 1m\n\t\t}\n")
 	value := make([]byte, 4<<20)
 	_, _ = rand.Read(value)
-	// Seventeen keys of 4 MiB: 68 MiB of answers, were each one held.
-	const keys = 17
+	// Six keys of 4 MiB: 24 MiB of answers, were each one held, past the
+	// address's 16 MiB share.
+	const keys = 6
 	for i := range keys {
 		expect(t, g.do(http.MethodPut, fmt.Sprintf("/cache/c?key=big%d&ttl_seconds=600", i), bytes.NewReader(value)), 204, "")
 	}
@@ -411,17 +413,117 @@ func TestOneAddressCannotTakeTheSharedCallsFromOthers(t *testing.T) {
 	if grew, bound := int64(after.HeapAlloc)-int64(before.HeapAlloc), int64(maxHeldPerClient+4*len(value)); grew > bound {
 		t.Errorf("%d GETs of %d MiB values that are not read grew the heap by %d MiB, want at most %d MiB", keys, len(value)>>20, grew>>20, bound>>20)
 	}
-	// Another address: its read is shared, and cached.
+	// Another address: its read is shared, and cached (a GET proxied one
+	// call each, past the bounds, would not be): once the client has its
+	// whole answer, its next read is a hit.
 	other := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).DialContext}}
-	for i, want := range []string{"momento-gateway; fwd=miss", "momento-gateway; hit"} {
+	cacheStatus := func() string {
 		resp, err := other.Get(g.base + "/cache/c?key=small")
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
-		if cs := resp.Header.Get("Cache-Status"); !strings.HasPrefix(cs, want) || (i == 0 && strings.Contains(cs, "hit")) {
-			t.Fatalf("read %d from 127.0.0.2: Cache-Status %q, want %q", i+1, cs, want)
+		return resp.Header.Get("Cache-Status")
+	}
+	if cs := cacheStatus(); cs != "momento-gateway; fwd=miss" {
+		t.Fatalf("first read from 127.0.0.2: Cache-Status %q, want a miss", cs)
+	}
+	if cs := cacheStatus(); !strings.HasPrefix(cs, "momento-gateway; hit") {
+		t.Fatalf("second read from 127.0.0.2: Cache-Status %q, want a hit", cs)
+	}
+}
+
+// A client that joins other addresses' calls and stops reading keeps
+// their answers in memory, but on its own share: each client is charged the
+// answer while it is in the call, and the address that started a call gets
+// its share back as soon as its client has the answer. (Before, the
+// starter's address was charged until the last client left: an attacker
+// joining a victim's calls could use up the victim's share.)
+func TestJoiningOthersCallsSpendsYourOwnShare(t *testing.T) {
+	g, sw, _, up := readsGatewayTimeout(t, "10s", "\t\tlocal_cache {\n\t\t\tmax_age 1m\n\t\t}\n")
+	value := make([]byte, 4<<20)
+	_, _ = rand.Read(value)
+	for i := range 4 {
+		expect(t, g.do(http.MethodPut, fmt.Sprintf("/cache/c?key=big%d&ttl_seconds=600", i), bytes.NewReader(value)), 204, "")
+	}
+	expect(t, g.put("/cache/c?key=small&ttl_seconds=600", "v"), 204, "")
+	rs := pooledRegionState(t, "r", up.URL)
+	victim := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 3)}}).DialContext}}
+	get := func(key string) response {
+		resp, err := victim.Get(g.base + "/cache/c?key=" + key)
+		if err != nil {
+			return response{status: -1, body: err.Error()}
 		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return response{status: resp.StatusCode, body: string(b), header: resp.Header}
+	}
+
+	// The victim starts four calls (its whole 16 MiB share), held at the
+	// region until a client of 127.0.0.1 that never reads has joined each.
+	hold := make(chan struct{})
+	sw.set("", hold)
+	answers := make(chan response, 4)
+	for i := range 4 {
+		go func() { answers <- get(fmt.Sprintf("big%d", i)) }()
+	}
+	waitFor(t, func() bool { return sw.gets.Load() == 4 })
+	for i := range 4 {
+		slowClient(t, g, fmt.Sprintf("/cache/c?key=big%d", i), 4<<10)
+	}
+	waitFor(t, func() bool { return rs.reads.coalesced.Load() == 4 })
+	sw.set("", nil)
+	close(hold)
+	for range 4 {
+		if r := <-answers; r.status != 200 || r.body != string(value) {
+			t.Fatalf("the victim got %d and %d bytes", r.status, len(r.body))
+		}
+	}
+	// The answers are still held for the client that does not read, but
+	// the victim's reads are shared and cached again.
+	if cs := get("small").header.Get("Cache-Status"); cs != "momento-gateway; fwd=miss" {
+		t.Fatalf("the victim's first read: Cache-Status %q, want a miss", cs)
+	}
+	if cs := get("small").header.Get("Cache-Status"); !strings.HasPrefix(cs, "momento-gateway; hit") {
+		t.Fatalf("the victim's second read: Cache-Status %q, want a hit (its share is still taken)", cs)
+	}
+}
+
+// An answer without a Content-Length (chunked) reserves Momento's largest
+// item when its headers arrive; one that does not fit is direct, whole to
+// the client that asked. (It used to reserve nothing and then run into the
+// bounds mid-answer: cut off, for every client of the call.)
+func TestAnAnswerOfUnknownLengthPastTheBoundsArrivesWhole(t *testing.T) {
+	lh, err := momentolocal.New(momentolocal.Handler{Token: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lh.Close() })
+	chunked := bytes.Repeat([]byte("0123456789abcdef"), 6<<20/16)
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && r.URL.Query().Get("key") == "chunked" {
+			for part := range slices.Chunk(chunked, 64<<10) {
+				_, _ = w.Write(part)
+				w.(http.Flusher).Flush()
+			}
+			return
+		}
+		lh.HTTPHandler().ServeHTTP(w, r)
+	}))
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\ttimeout 10s\n\t}")
+	value := make([]byte, 5<<20-100)
+	for i := range 3 {
+		expect(t, g.do(http.MethodPut, fmt.Sprintf("/cache/c?key=big%d&ttl_seconds=600", i), bytes.NewReader(value)), 204, "")
+	}
+	rs := pooledRegionState(t, "r", up.URL)
+	// 127.0.0.1 holds three answers it does not read: 15 MiB of its 16.
+	for i := range 3 {
+		slowClient(t, g, fmt.Sprintf("/cache/c?key=big%d", i), 4<<10)
+	}
+	waitFor(t, func() bool { return rs.reads.held.Load() == 3*int64(len(value)) })
+	r := g.get("/cache/c?key=chunked")
+	if r.status != 200 || r.body != string(chunked) {
+		t.Fatalf("got %d and %d of %d bytes", r.status, len(r.body), len(chunked))
 	}
 }
 
@@ -602,9 +704,9 @@ func TestAnAbandonedFlightIsNotJoined(t *testing.T) {
 	if st, _, _, ok := f1.wait(context.Background()); !ok || st != 200 {
 		t.Fatalf("first call: %d %v", st, ok)
 	}
-	f1.leave(true) // its only client: the call is abandoned
+	f1.leave(true, "") // its only client: the call is abandoned
 	f2, joined, _ := rr.join(h, r, c)
-	defer f2.leave(true)
+	defer f2.leave(true, "")
 	if joined || f2 == f1 {
 		t.Fatal("a GET joined a call all of whose clients had left")
 	}
