@@ -117,9 +117,9 @@ type regionReads struct {
 const maxHeldBytes = 64 << 20
 
 // maxHeldPerClient and maxCallsPerClient bound the shared calls of one
-// client address: the bytes of the answers its clients are in (each client
-// that starts or joins a call is charged the answer's size until it
-// leaves), and how many calls it started are not over yet. Past either,
+// client address: the bytes of the answers its clients are in (an address
+// is charged an answer's size once per call, while it has a client in
+// it), and how many calls it started its clients are still in. Past either,
 // that address's GETs that would start a call are proxied one call each,
 // as past maxHeldBytes, and one whose share cannot take an answer it
 // joined makes a call of its own. So a few slow connections, starting
@@ -683,6 +683,9 @@ func (f *flight) leave(starter bool, entered string) {
 		if f.starterEntered {
 			f.exit(f.owner)
 		}
+		// The call is over for the address that started it, whoever else
+		// still reads it.
+		f.reads.holdFor(f.owner, 0, -1)
 	}
 	if entered != "" {
 		f.exit(entered)
@@ -703,7 +706,6 @@ func (f *flight) releaseIfOver() {
 	if f.done && f.clients == 0 && !f.released {
 		f.released = true
 		f.reads.held.Add(-f.reserved)
-		f.reads.holdFor(f.owner, 0, -1)
 	}
 }
 
