@@ -88,6 +88,11 @@ type ReadCounts struct {
 	Renewals int64 `json:"renewals"`
 	// Upstream calls saved: hits and coalesced reads, less the renewals.
 	Saved int64 `json:"upstream_calls_saved"`
+	// Misses answered by a call of their own, not shared, because the
+	// bounds on what shared calls hold were reached (in misses too).
+	Unshared int64 `json:"unshared"`
+	// Bytes of answers the region's shared calls hold, within 64 MiB.
+	HeldBytes int64 `json:"held_bytes"`
 	// Entries the local caches dropped for room.
 	Evictions int64 `json:"evictions"`
 	// Bytes the local caches hold (keys, values, overhead).
@@ -123,7 +128,7 @@ func statusOf(rg *region) RegionStatus {
 	rs.TopicHubs, rs.TopicWaiters = rg.state.hubs.counts()
 	rd := rg.state.reads.stats()
 	rs.Reads = ReadCounts{Hits: rd.hits, Misses: rd.misses, Coalesced: rd.coalesced, Stale: rd.stale, Renewals: rd.renewals,
-		Saved: rd.hits + rd.coalesced - rd.renewals, Evictions: rd.evictions, CachedBytes: rd.bytes}
+		Saved: rd.hits + rd.coalesced - rd.renewals, Unshared: rd.unshared, HeldBytes: rd.held, Evictions: rd.evictions, CachedBytes: rd.bytes}
 	if st == gobreaker.StateOpen {
 		rs.RetryAfterSeconds = retryAfterSeconds(b.retryAfter(time.Now()))
 	}

@@ -143,6 +143,8 @@ func TestMetricsAndAdminAPI(t *testing.T) {
 		{"caddy_momento_breaker_state", `region="ops-bad"`, 2},
 		{"caddy_momento_breaker_rejections_total", `region="ops-bad"`, 2},
 		{"caddy_momento_breaker_transitions_total", `region="ops-bad",to="open"`, 1},
+		{"caddy_momento_reads_unshared_total", `region="ops-good"`, 0},
+		{"caddy_momento_shared_calls_held_bytes", `region="ops-good"`, 0},
 	} {
 		if got := metric(m, c.name, c.labels); got != c.want {
 			t.Errorf("%s{%s} = %v, want %v", c.name, c.labels, got, c.want)

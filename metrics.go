@@ -127,6 +127,14 @@ var (
 		"caddy_momento_local_cache_renewals_total",
 		"Upstream calls that renewed a cached item nearing max_age ahead of its readers.",
 		[]string{"region"}, nil)
+	unsharedDesc = prometheus.NewDesc(
+		"caddy_momento_reads_unshared_total",
+		"GETs sent to the region by a call of their own, not shared, because the bounds on what shared calls hold were reached (counted as misses too).",
+		[]string{"region"}, nil)
+	heldBytesDesc = prometheus.NewDesc(
+		"caddy_momento_shared_calls_held_bytes",
+		"Bytes of answers the region's shared calls hold for their clients, within 64 MiB per region.",
+		[]string{"region"}, nil)
 	evictionsDesc = prometheus.NewDesc(
 		"caddy_momento_local_cache_evictions_total",
 		"Entries the region's local read caches dropped for room.",
@@ -144,6 +152,8 @@ func (c regionGauges) Describe(ch chan<- *prometheus.Desc) {
 	ch <- fannedOutDesc
 	ch <- readsDesc
 	ch <- renewalsDesc
+	ch <- unsharedDesc
+	ch <- heldBytesDesc
 	ch <- evictionsDesc
 	ch <- cachedBytesDesc
 }
@@ -159,6 +169,8 @@ func (c regionGauges) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(readsDesc, prometheus.CounterValue, float64(n), rg.name, served)
 		}
 		ch <- prometheus.MustNewConstMetric(renewalsDesc, prometheus.CounterValue, float64(st.renewals), rg.name)
+		ch <- prometheus.MustNewConstMetric(unsharedDesc, prometheus.CounterValue, float64(st.unshared), rg.name)
+		ch <- prometheus.MustNewConstMetric(heldBytesDesc, prometheus.GaugeValue, float64(st.held), rg.name)
 		ch <- prometheus.MustNewConstMetric(evictionsDesc, prometheus.CounterValue, float64(st.evictions), rg.name)
 		ch <- prometheus.MustNewConstMetric(cachedBytesDesc, prometheus.GaugeValue, float64(st.bytes), rg.name)
 	}

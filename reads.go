@@ -104,6 +104,9 @@ type regionReads struct {
 	heldBy map[string]*clientHeld
 
 	hits, misses, coalesced, stale, renewals atomic.Int64
+	// unshared counts the misses answered by a call not shared: past
+	// the bounds on what shared calls hold.
+	unshared atomic.Int64
 }
 
 // maxHeldBytes bounds the memory of a region's shared calls. A shared
@@ -396,6 +399,7 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 	w.Header().Set("Cache-Status", cacheStatusName+"; "+fwd)
 	w.WriteHeader(st)
 	if direct {
+		rr.unshared.Add(1)
 		return st, f.pipeTo(w, clientStall)
 	}
 	return st, f.copyTo(r.Context(), w, clientStall, func(body []byte) {
@@ -412,6 +416,7 @@ func (h *Handler) ownCall(w http.ResponseWriter, r *http.Request, c *call) (stat
 		return rf.write(w), false
 	}
 	c.region.state.reads.misses.Add(1)
+	c.region.state.reads.unshared.Add(1)
 	w.Header().Set("Cache-Status", cacheStatusName+"; fwd=miss")
 	return h.proxy(w, r, c)
 }
@@ -515,10 +520,12 @@ func (rr *regionReads) stop() {
 // cacheStats are a region's read figures, summed over its caches.
 type cacheStats struct {
 	hits, misses, coalesced, stale, renewals, evictions, bytes int64
+	unshared, held                                             int64
 }
 
 func (rr *regionReads) stats() cacheStats {
-	s := cacheStats{hits: rr.hits.Load(), misses: rr.misses.Load(), coalesced: rr.coalesced.Load(), stale: rr.stale.Load(), renewals: rr.renewals.Load()}
+	s := cacheStats{hits: rr.hits.Load(), misses: rr.misses.Load(), coalesced: rr.coalesced.Load(), stale: rr.stale.Load(), renewals: rr.renewals.Load(),
+		unshared: rr.unshared.Load(), held: rr.held.Load()}
 	rr.mu.Lock()
 	defer rr.mu.Unlock()
 	for _, lc := range rr.caches {

@@ -577,6 +577,9 @@ func TestAnAnswerPastTheBoundsGoesToItsStarterAlone(t *testing.T) {
 	if n := sw.gets.Load(); n != 5 {
 		t.Errorf("the region saw %d GETs, want 5 (3 unread, the starter's, the joiner's own)", n)
 	}
+	if st := rs.reads.stats(); st.unshared != 2 || st.held != 3*int64(len(value)) {
+		t.Errorf("read figures %+v: want 2 unshared GETs and the three unread answers held", st)
+	}
 	if held := rs.reads.held.Load(); held != 3*int64(len(value)) {
 		t.Errorf("the shared calls hold %d bytes, want the three unread answers' %d", held, 3*len(value))
 	}
