@@ -175,14 +175,7 @@ func (rr *regionReads) charge(client string, n int64) bool {
 // fits reports whether n more bytes fit the client address's share, and
 // makes sure the address has an entry. Callers hold rr.heldMu.
 func (rr *regionReads) fits(client string, n int64) bool {
-	ch := rr.heldBy[client]
-	if ch == nil {
-		if rr.heldBy == nil {
-			rr.heldBy = map[string]*clientHeld{}
-		}
-		ch = &clientHeld{}
-		rr.heldBy[client] = ch
-	}
+	ch := rr.clientEntry(client)
 	if ch.bytes+n > maxHeldPerClient {
 		if ch.bytes <= 0 && ch.calls <= 0 {
 			delete(rr.heldBy, client)
@@ -192,11 +185,9 @@ func (rr *regionReads) fits(client string, n int64) bool {
 	return true
 }
 
-// holdFor adds to what the calls of the client address hold, and forgets
-// an address that holds nothing.
-func (rr *regionReads) holdFor(client string, bytes int64, calls int) {
-	rr.heldMu.Lock()
-	defer rr.heldMu.Unlock()
+// clientEntry is what the client address holds, a new entry if it held
+// nothing. Callers hold rr.heldMu.
+func (rr *regionReads) clientEntry(client string) *clientHeld {
 	ch := rr.heldBy[client]
 	if ch == nil {
 		if rr.heldBy == nil {
@@ -205,6 +196,15 @@ func (rr *regionReads) holdFor(client string, bytes int64, calls int) {
 		ch = &clientHeld{}
 		rr.heldBy[client] = ch
 	}
+	return ch
+}
+
+// holdFor adds to what the calls of the client address hold, and forgets
+// an address that holds nothing.
+func (rr *regionReads) holdFor(client string, bytes int64, calls int) {
+	rr.heldMu.Lock()
+	defer rr.heldMu.Unlock()
+	ch := rr.clientEntry(client)
 	ch.bytes += bytes
 	ch.calls += calls
 	if ch.bytes <= 0 && ch.calls <= 0 {

@@ -489,6 +489,22 @@ func TestJoiningOthersCallsSpendsYourOwnShare(t *testing.T) {
 	}
 }
 
+// holdThreeUnread stores value under big0, big1 and big2, and has
+// 127.0.0.1 ask for each on a connection that does not read: with a value
+// of 5 MiB, 15 MiB of that address's 16 MiB share are held.
+func holdThreeUnread(t *testing.T, g *gateway, up *upstream, value []byte) *regionState {
+	t.Helper()
+	for i := range 3 {
+		expect(t, g.do(http.MethodPut, fmt.Sprintf("/cache/c?key=big%d&ttl_seconds=600", i), bytes.NewReader(value)), 204, "")
+	}
+	rs := pooledRegionState(t, "r", up.URL)
+	for i := range 3 {
+		slowClient(t, g, fmt.Sprintf("/cache/c?key=big%d", i), 4<<10)
+	}
+	waitFor(t, func() bool { return rs.reads.held.Load() == 3*int64(len(value)) })
+	return rs
+}
+
 // An answer without a Content-Length (chunked) reserves Momento's largest
 // item when its headers arrive; one that does not fit is direct, whole to
 // the client that asked. (It used to reserve nothing and then run into the
@@ -511,16 +527,7 @@ func TestAnAnswerOfUnknownLengthPastTheBoundsArrivesWhole(t *testing.T) {
 		lh.HTTPHandler().ServeHTTP(w, r)
 	}))
 	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\ttimeout 10s\n\t}")
-	value := make([]byte, 5<<20-100)
-	for i := range 3 {
-		expect(t, g.do(http.MethodPut, fmt.Sprintf("/cache/c?key=big%d&ttl_seconds=600", i), bytes.NewReader(value)), 204, "")
-	}
-	rs := pooledRegionState(t, "r", up.URL)
-	// 127.0.0.1 holds three answers it does not read: 15 MiB of its 16.
-	for i := range 3 {
-		slowClient(t, g, fmt.Sprintf("/cache/c?key=big%d", i), 4<<10)
-	}
-	waitFor(t, func() bool { return rs.reads.held.Load() == 3*int64(len(value)) })
+	holdThreeUnread(t, g, up, make([]byte, 5<<20-100))
 	r := g.get("/cache/c?key=chunked")
 	if r.status != 200 || r.body != string(chunked) {
 		t.Fatalf("got %d and %d of %d bytes", r.status, len(r.body), len(chunked))
@@ -535,15 +542,8 @@ func TestAnAnswerPastTheBoundsGoesToItsStarterAlone(t *testing.T) {
 	g, sw, _, up := readsGatewayTimeout(t, "10s", "")
 	value := make([]byte, 5<<20-100)
 	_, _ = rand.Read(value)
-	for i := range 4 {
-		expect(t, g.do(http.MethodPut, fmt.Sprintf("/cache/c?key=big%d&ttl_seconds=600", i), bytes.NewReader(value)), 204, "")
-	}
-	rs := pooledRegionState(t, "r", up.URL)
-	// 127.0.0.1 holds three answers it does not read: 15 MiB of its 16.
-	for i := range 3 {
-		slowClient(t, g, fmt.Sprintf("/cache/c?key=big%d", i), 4<<10)
-	}
-	waitFor(t, func() bool { return rs.reads.held.Load() == 3*int64(len(value)) })
+	expect(t, g.do(http.MethodPut, "/cache/c?key=big3&ttl_seconds=600", bytes.NewReader(value)), 204, "")
+	rs := holdThreeUnread(t, g, up, value)
 
 	hold := make(chan struct{})
 	sw.set("", hold)
