@@ -91,7 +91,7 @@ func readsGatewayTimeout(t *testing.T, timeout, directives string) (*gateway, *s
 // Concurrent GETs of one item share one upstream call, and every client
 // gets the whole value.
 func TestConcurrentReadsShareOneCall(t *testing.T) {
-	g, sw, _, up := readsGateway(t, "")
+	g, sw, _, up := readsGatewayTimeout(t, "10s", "") // a 1 MiB upload: no short timeout to race under -race
 	value := make([]byte, 1<<20)
 	_, _ = rand.Read(value)
 	expect(t, g.do(http.MethodPut, "/cache/c?key=hot&ttl_seconds=600", bytes.NewReader(value)), 204, "")
@@ -343,7 +343,7 @@ func TestLocalCachePurgeAndReload(t *testing.T) {
 // gateway hold a copy each: past a bound, GETs stream one call each at
 // the client's pace, and every other client is still answered in full.
 func TestClientsThatDoNotReadCannotFillTheGatewayMemory(t *testing.T) {
-	g, sw, _, up := readsGateway(t, "")
+	g, sw, _, up := readsGatewayTimeout(t, "10s", "") // a 4 MiB upload: no short timeout to race under -race
 	value := make([]byte, 4<<20)
 	_, _ = rand.Read(value)
 	expect(t, g.do(http.MethodPut, "/cache/c?key=big&ttl_seconds=600", bytes.NewReader(value)), 204, "")
