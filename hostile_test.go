@@ -32,12 +32,13 @@ func rawRequest(t *testing.T, g *gateway, raw string) (status int, body string) 
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(conn, raw); err != nil {
-		t.Fatal(err)
-	}
+	// The gateway may answer, and close, before it has read all of an
+	// oversized request: the answer is what counts, so a failed write is
+	// only an error if no answer can be read either.
+	_, werr := io.WriteString(conn, raw)
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
-		t.Fatalf("reading the answer: %v", err)
+		t.Fatalf("reading the answer: %v (writing the request: %v)", err, werr)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
