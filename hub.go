@@ -51,8 +51,6 @@ type hub struct {
 	logger *zap.Logger
 	// region is the latest config's region: its endpoint and token.
 	region atomic.Pointer[region]
-	// fannedOut counts messages handed to clients.
-	fannedOut atomic.Int64
 
 	// view is what waiters read, without a lock: thousands of them wake
 	// at once when a message arrives.

@@ -527,10 +527,15 @@ func TestAnAnswerOfUnknownLengthPastTheBoundsArrivesWhole(t *testing.T) {
 		lh.HTTPHandler().ServeHTTP(w, r)
 	}))
 	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\ttimeout 10s\n\t}")
-	holdThreeUnread(t, g, up, make([]byte, 5<<20-100))
+	rs := holdThreeUnread(t, g, up, make([]byte, 5<<20-100))
 	r := g.get("/cache/c?key=chunked")
 	if r.status != 200 || r.body != string(chunked) {
 		t.Fatalf("got %d and %d of %d bytes", r.status, len(r.body), len(chunked))
+	}
+	// It went to its client alone, as the operator's figures say: the
+	// 5 MiB it reserves did not fit the 1 MiB left of the share.
+	if st := rs.reads.stats(); st.unshared != 1 {
+		t.Fatalf("%d GETs answered unshared, want 1 (the chunked answer)", st.unshared)
 	}
 }
 

@@ -1,6 +1,7 @@
 package momento
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -86,10 +87,33 @@ func TestOverHTTPSWithEachProtocol(t *testing.T) {
 				t.Fatalf("cached read: %d bytes, Cache-Status %q", len(r.body), r.header.Get("Cache-Status"))
 			}
 
+			// Server-Sent Events: the stream's headers, then each message
+			// published as an event, on this protocol.
+			req, _ := http.NewRequest(http.MethodGet, g.base+"/topics/c/feed", nil)
+			req.Header.Set("Accept", "text/event-stream")
+			stream, err := g.client.Do(req)
+			if err != nil || stream.StatusCode != 200 || stream.Header.Get("Content-Type") != "text/event-stream" {
+				t.Fatalf("event stream: %v %v", stream, err)
+			}
+			events := bufio.NewReader(stream.Body)
+			for _, msg := range []string{"one", "two"} {
+				expect(t, g.publish("/topics/c/feed", "text/plain", msg), http.StatusNoContent, "")
+				for {
+					line, err := events.ReadString('\n')
+					if err != nil {
+						t.Fatalf("event stream: %v", err)
+					}
+					if line == "data: "+msg+"\n" {
+						break
+					}
+				}
+			}
+			stream.Body.Close()
+
 			// A stalled upload gets 408 with its message, and stores nothing.
 			pr, pw := io.Pipe()
 			go func() { _, _ = pw.Write([]byte("first bytes, then nothing")) }()
-			req, _ := http.NewRequest(http.MethodPut, g.base+"/short/cache/c?key=stalled&ttl_seconds=60", pr)
+			req, _ = http.NewRequest(http.MethodPut, g.base+"/short/cache/c?key=stalled&ttl_seconds=60", pr)
 			req.ContentLength = 1000
 			resp, err := g.client.Do(req)
 			if err != nil {
