@@ -22,6 +22,39 @@ const (
 	defaultMaxWaiting       = 10000
 )
 
+// A client of a shared call must take stallPart of the answer within
+// clientStall, or it is dropped: the call holds the answer until every
+// client has it (see maxHeldBytes). An event stream's client must take
+// each write within clientStall likewise. A browser on a slow link takes
+// 64 KiB in far less; a client that stopped reading does not.
+const (
+	stallPart   = 64 << 10
+	clientStall = 30 * time.Second
+)
+
+// stallGuard holds a client to clientStall: it arms the connection's write
+// deadline while the gateway writes to the client, and disarms it while the
+// gateway waits for something to write, since on HTTP/2 a deadline that
+// passes resets the stream, writing or not. (Where the connection cannot
+// take a deadline, the client is held by the server's own timeouts.)
+type stallGuard struct {
+	rc    *http.ResponseController
+	stall time.Duration
+	armed bool
+}
+
+func (g *stallGuard) arm() {
+	_ = g.rc.SetWriteDeadline(time.Now().Add(g.stall))
+	g.armed = true
+}
+
+func (g *stallGuard) disarm() {
+	if g.armed {
+		_ = g.rc.SetWriteDeadline(time.Time{})
+		g.armed = false
+	}
+}
+
 // waitRetryAfter is what a client refused for a limit on waiting is told
 // to wait: long polls end all the time, so a slot is soon free.
 const waitRetryAfter = time.Second

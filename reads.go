@@ -927,38 +927,6 @@ func (f *flight) pipeTo(w http.ResponseWriter, stall time.Duration) (cutOff bool
 	}
 }
 
-// A client of a shared call must take stallPart of the answer within
-// clientStall, or it is dropped: the call holds the answer until every
-// client has it (see maxHeldBytes). A browser on a slow link takes 64 KiB
-// in far less; a client that stopped reading does not.
-const (
-	stallPart   = 64 << 10
-	clientStall = 30 * time.Second
-)
-
-// stallGuard holds a client to clientStall: it arms the connection's write
-// deadline while the gateway writes to the client, and disarms it while the
-// gateway waits for something to write, since on HTTP/2 a deadline that
-// passes resets the stream, writing or not. (Where the connection cannot
-// take a deadline, the client is held by the server's own timeouts.)
-type stallGuard struct {
-	rc    *http.ResponseController
-	stall time.Duration
-	armed bool
-}
-
-func (g *stallGuard) arm() {
-	_ = g.rc.SetWriteDeadline(time.Now().Add(g.stall))
-	g.armed = true
-}
-
-func (g *stallGuard) disarm() {
-	if g.armed {
-		_ = g.rc.SetWriteDeadline(time.Time{})
-		g.armed = false
-	}
-}
-
 // copyTo streams the body to a client as it arrives, and reports whether
 // the region broke off (the client's answer must then be aborted). The
 // answer's last byte waits until the answer is whole, and whole is called
