@@ -5,7 +5,11 @@
 // bench/topics.Caddyfile). It reports whether every subscriber received
 // every message, the publish-to-receipt latency, the answers other than
 // 200, the most upstream subscriptions the gateway held at once, and the
-// gateway's memory and goroutines per waiting subscriber.
+// gateway's memory and goroutines per waiting subscriber, twice: when every
+// subscriber waits on its first poll or stream, and again once every
+// message has been delivered and every subscriber waits again (the steady
+// state: a connection that has carried answers costs more than a fresh
+// one, see BENCHMARKS.md).
 //
 // Run it through bench/topics.sh, which starts the gateway.
 package main
@@ -53,6 +57,7 @@ func main() {
 		v, _ := statuses.LoadOrStore(status, new(atomic.Int64))
 		v.(*atomic.Int64).Add(1)
 	}
+	var delivered atomic.Int64
 	var ready sync.WaitGroup
 	var done sync.WaitGroup
 	sent := make([]time.Time, *messages)
@@ -64,6 +69,7 @@ func main() {
 			return
 		}
 		latencies[s] = append(latencies[s], time.Since(sentAt(i)))
+		delivered.Add(1)
 	}
 
 	before := gatewayFigures(*admin, *pid)
@@ -72,12 +78,15 @@ func main() {
 		done.Add(1)
 		go func() {
 			defer done.Done()
+			// Each waits for one message more than the timed ones: "end",
+			// published after the steady-state figures are taken.
+			want := *messages + 1
 			if *mode == "sse" {
-				subscribeSSE(ctx, client, *gateway+topic, *messages, &ready, count, func(t string) { record(s, t) })
+				subscribeSSE(ctx, client, *gateway+topic, want, &ready, count, func(t string) { record(s, t) })
 			} else if *clientKind == "nethttp" {
-				subscribeLongPoll(ctx, client, *gateway+topic, *messages, &ready, count, func(t string) { record(s, t) })
+				subscribeLongPoll(ctx, client, *gateway+topic, want, &ready, count, func(t string) { record(s, t) })
 			} else {
-				subscribeLongPollRaw(ctx, *gateway, topic, *messages, &ready, count, func(t string) { record(s, t) })
+				subscribeLongPollRaw(ctx, *gateway, topic, want, &ready, count, func(t string) { record(s, t) })
 			}
 		}()
 	}
@@ -100,6 +109,21 @@ func main() {
 			log.Printf("publish %d: %d", i, resp.StatusCode)
 		}
 		time.Sleep(*interval)
+	}
+	// The steady state: every timed message delivered, and every
+	// subscriber waiting again (or 30 s passed: then the figures say so).
+	steadyBy := time.Now().Add(30 * time.Second)
+	for time.Now().Before(steadyBy) && (delivered.Load() < int64(*n**messages) || waitingClients(*admin) < *n) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	steady := gatewayFigures(*admin, *pid)
+	steadyNote := ""
+	if delivered.Load() < int64(*n**messages) || waitingClients(*admin) < *n {
+		steadyNote = "(not settled)"
+	}
+	if resp, err := client.Post(*gateway+topic, "text/plain", strings.NewReader("end")); err == nil {
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
 	}
 	finished := make(chan struct{})
 	go func() { done.Wait(); close(finished) }()
@@ -132,11 +156,16 @@ func main() {
 		}
 		return true
 	})
-	perWaiterRSS := float64(waiting.rssKiB-before.rssKiB) / float64(*n)
-	perWaiterG := float64(waiting.goroutines-before.goroutines) / float64(*n)
-	fmt.Printf("%s\tmode=%s\tclient=%s\tn=%d\tmessages=%d\tcomplete=%d/%d\tdelivered=%d/%d\tp50=%s\tp99=%s\tmax=%s\tnon200=%s\tupstream_subscriptions_max=%d\trss_per_waiter=%.1fKiB\tgoroutines_per_waiter=%.2f\n",
+	per := func(after, base int) float64 { return float64(after-base) / float64(*n) }
+	fmt.Printf("%s\tmode=%s\tclient=%s\tn=%d\tmessages=%d\tcomplete=%d/%d\tdelivered=%d/%d\tp50=%s\tp99=%s\tmax=%s\tnon200=%s\tupstream_subscriptions_max=%d\t"+
+		"first_wait: rss_per_waiter=%.1fKiB live_per_waiter=%.1fKiB (heap %.1f, stacks %.1f) goroutines_per_waiter=%.2f\t"+
+		"steady%s: rss_per_waiter=%.1fKiB live_per_waiter=%.1fKiB (heap %.1f, stacks %.1f) goroutines_per_waiter=%.2f\n",
 		*label, *mode, *clientKind, *n, *messages, complete, *n, len(all), *n**messages, pct(0.5).Round(time.Millisecond), pct(0.99).Round(time.Millisecond),
-		pct(1).Round(time.Millisecond), strings.Join(other, ",")+"-", most, perWaiterRSS, perWaiterG)
+		pct(1).Round(time.Millisecond), strings.Join(other, ",")+"-", most,
+		per(waiting.rssKiB, before.rssKiB), per(waiting.heapKiB+waiting.stackKiB, before.heapKiB+before.stackKiB),
+		per(waiting.heapKiB, before.heapKiB), per(waiting.stackKiB, before.stackKiB), per(waiting.goroutines, before.goroutines),
+		steadyNote, per(steady.rssKiB, before.rssKiB), per(steady.heapKiB+steady.stackKiB, before.heapKiB+before.stackKiB),
+		per(steady.heapKiB, before.heapKiB), per(steady.stackKiB, before.stackKiB), per(steady.goroutines, before.goroutines))
 }
 
 // subscribeLongPoll follows the topic with Momento's long polls, through
@@ -283,13 +312,42 @@ func subscribeSSE(ctx context.Context, c *http.Client, url string, want int, rea
 
 type figures struct {
 	rssKiB, goroutines int
-	mostSubscriptions  int
+	// heapKiB and stackKiB are the Go heap's live bytes and the goroutine
+	// stacks' bytes, read right after a garbage collection: RSS holds
+	// garbage and freed memory too, these do not.
+	heapKiB, stackKiB int
+	mostSubscriptions int
 }
 
-var goroutinesRe = regexp.MustCompile(`(?m)^go_goroutines (\d+)`)
+var (
+	goroutinesRe = regexp.MustCompile(`(?m)^go_goroutines (\d+)`)
+	heapAllocRe  = regexp.MustCompile(`(?m)^# HeapAlloc = (\d+)`)
+	stackRe      = regexp.MustCompile(`(?m)^# Stack = (\d+) /`)
+)
 
-// gatewayFigures reads the gateway's RSS, goroutines and open upstream
-// subscriptions (the most seen by this process, polled since start).
+// waitingClients is the number of clients waiting on topics at the
+// gateway, summed over its regions.
+func waitingClients(admin string) int {
+	resp, err := http.Get(admin + "/momento/regions")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	var regions []struct {
+		Waiters int `json:"topic_waiters"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&regions)
+	total := 0
+	for _, r := range regions {
+		total += r.Waiters
+	}
+	return total
+}
+
+// gatewayFigures reads the gateway's RSS, goroutines, live heap and stacks
+// (its admin endpoint's heap profile, which collects garbage first) and
+// open upstream subscriptions (the most seen by this process, polled
+// since start).
 func gatewayFigures(admin string, pid int) figures {
 	var f figures
 	if pid > 0 {
@@ -304,6 +362,18 @@ func gatewayFigures(admin string, pid int) figures {
 		resp.Body.Close()
 		if m := goroutinesRe.FindSubmatch(b); m != nil {
 			f.goroutines, _ = strconv.Atoi(string(m[1]))
+		}
+	}
+	if resp, err := http.Get(admin + "/debug/pprof/heap?gc=1&debug=1"); err == nil {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if m := heapAllocRe.FindSubmatch(b); m != nil {
+			v, _ := strconv.Atoi(string(m[1]))
+			f.heapKiB = v / 1024
+		}
+		if m := stackRe.FindSubmatch(b); m != nil {
+			v, _ := strconv.Atoi(string(m[1]))
+			f.stackKiB = v / 1024
 		}
 	}
 	f.mostSubscriptions = int(mostSubscriptions.Load())
