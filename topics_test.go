@@ -1,6 +1,7 @@
 package momento
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -314,10 +315,12 @@ func TestSubscribeFailuresCount(t *testing.T) {
 
 // TestIdleSubscriberCost measures what a client waiting on a topic costs
 // the gateway: n raw connections (no goroutine of the test's per client)
-// each send a long poll for one topic and wait. It reports goroutines,
-// heap and stack per waiter, and holds the goroutine count: the request's
-// own and net/http's background read, no goroutine of the gateway's own
-// (a count, not a time). The hub's upstream poll is one for all.
+// each send a long poll for one topic and wait; then each is answered a
+// message and polls again, and waits. It reports goroutines, heap and
+// stack per waiter both times, and holds the goroutine count: the
+// request's own and net/http's background read, no goroutine of the
+// gateway's own, none left behind by an answered poll (a count, not a
+// time). The hub's upstream poll is one for all.
 func TestIdleSubscriberCost(t *testing.T) {
 	const n = 300
 	up, _ := localUpstream(t, "t")
@@ -350,18 +353,43 @@ func TestIdleSubscriberCost(t *testing.T) {
 		}
 		conns = append(conns, c)
 	}
-	waitFor(t, func() bool { return int(waiters.total.Load()) >= n+1 })
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	perG := float64(runtime.NumGoroutine()-g0) / n
-	perMem := float64(int64(ms.HeapAlloc+ms.StackInuse)-int64(mem0)) / n
-	t.Logf("per waiting subscriber on one topic: %.2f goroutines, %.1f KiB of heap and stack; the region saw %d subscription(s)", perG, perMem/1024, up.hits.Load())
-	if perG > 2.2 {
-		t.Errorf("a waiting subscriber costs the gateway %.2f goroutines, want at most 2", perG)
+	measure := func(when string, waiting int) {
+		t.Helper()
+		waitFor(t, func() bool { return int(waiters.total.Load()) >= waiting })
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		perG := float64(runtime.NumGoroutine()-g0) / n
+		perMem := float64(int64(ms.HeapAlloc+ms.StackInuse)-int64(mem0)) / n
+		hubs, _ := pooledRegionState(t, "idle", up.URL).hubs.counts()
+		t.Logf("per subscriber waiting on one topic, %s: %.2f goroutines, %.1f KiB of heap and stack; %d hub(s)", when, perG, perMem/1024, hubs)
+		if perG > 2.2 {
+			t.Errorf("%s, a waiting subscriber costs the gateway %.2f goroutines, want at most 2", when, perG)
+		}
+		if hubs != 1 {
+			t.Errorf("%d subscribers of one topic: %d hubs, want 1", waiting, hubs)
+		}
 	}
+	measure("on its first poll", n+1)
 	if up.hits.Load() != 1 {
 		t.Errorf("%d subscribers of one topic opened %d upstream subscriptions, want 1", n+1, up.hits.Load())
 	}
+
+	// Each is answered, and polls again after the message. (A connection
+	// that has carried an answer costs more than a fresh one: its
+	// goroutine's stack grew, through Caddy's handler chain, and stays.)
 	expect(t, g.publish("/topics/idle/t", "text/plain", "wake up"), http.StatusNoContent, "")
 	<-first
+	for _, c := range conns {
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := io.ReadAll(resp.Body); resp.StatusCode != 200 || !strings.Contains(string(b), "wake up") {
+			t.Fatalf("a waiting subscriber got %d %q", resp.StatusCode, b)
+		}
+		if _, err := io.WriteString(c, "GET /topics/idle/t?sequence_number=1 HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	measure("polling again after an answer", n)
 }
