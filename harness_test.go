@@ -359,7 +359,18 @@ func basicAuth(user string) string {
 // the connection it returns, which is closed when the test ends.
 func slowClient(t *testing.T, g *gateway, path string, rcvbuf int) net.Conn {
 	t.Helper()
-	conn, err := net.Dial("tcp", strings.TrimPrefix(g.base, "http://"))
+	return slowClientFrom(t, g, path, rcvbuf, nil)
+}
+
+// slowClientFrom is slowClient from a source address of its own (on
+// loopback, any of 127.0.0.0/8); nil: the system's choice.
+func slowClientFrom(t *testing.T, g *gateway, path string, rcvbuf int, src net.IP) net.Conn {
+	t.Helper()
+	d := net.Dialer{}
+	if src != nil {
+		d.LocalAddr = &net.TCPAddr{IP: src}
+	}
+	conn, err := d.Dial("tcp", strings.TrimPrefix(g.base, "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -115,20 +115,22 @@ type regionReads struct {
 // copy of a large value each. A call reserves its answer's Content-Length
 // when the answer's headers arrive; an answer that does not fit is not
 // kept but streamed to the client that started the call, at its pace, and
-// the call is not shared (see flight.direct). Past this bound, GETs are
-// proxied one call each likewise, until the calls in flight are done.
+// the call is not shared (see flight.direct). Small answers are not
+// counted (see smallAnswer): the bound is on the large ones.
 const maxHeldBytes = 64 << 20
 
 // maxHeldPerClient and maxCallsPerClient bound the shared calls of one
-// client address: the bytes of the answers its clients are in (an address
-// is charged an answer's size once per call, while it has a client in
-// it), and how many calls it started its clients are still in. Past either,
-// that address's GETs that would start a call are proxied one call each,
-// as past maxHeldBytes, and one whose share cannot take an answer it
-// joined makes a call of its own. So a few slow connections, starting
-// calls or joining other clients', cannot take the region's bound, and
-// with it coalescing and the local cache, from every other client; and a
-// client that has its answer gives its share back at once.
+// client address: the bytes of the large answers its clients are in (an
+// address is charged an answer's size once per call, while it has a
+// client in it), and how many calls it started its clients are still in.
+// Past its share, a large answer to a call the address started goes
+// direct, and a client whose share cannot take the answer of a call it
+// joined makes a call of its own; past the count, the address's GETs that
+// would start a call are proxied one call each. So a few slow connections,
+// starting calls or joining other clients', cannot take the region's bound
+// from other addresses; and however many addresses hold it full of large
+// answers, small answers stay shared and cached for everyone. A client
+// that has its answer gives its share back at once.
 const (
 	maxHeldPerClient = 16 << 20
 	// A burst of calls started at once holds nothing yet: the count bounds
@@ -213,12 +215,14 @@ func (rr *regionReads) holdFor(client string, bytes int64, calls int) {
 }
 
 // mayStart reports whether the client address may start another shared
-// call.
+// call. Whether the call's answer is kept for its clients is decided when
+// its size is known: a small one always is, a large one only if it fits
+// the region's bound and the address's share (else it goes direct).
 func (rr *regionReads) mayStart(client string) bool {
 	rr.heldMu.Lock()
 	defer rr.heldMu.Unlock()
 	ch := rr.heldBy[client]
-	return ch == nil || ch.bytes < maxHeldPerClient && ch.calls < maxCallsPerClient
+	return ch == nil || ch.calls < maxCallsPerClient
 }
 
 // cacheSettings identify a local cache: handlers with the same settings
@@ -561,12 +565,13 @@ type flight struct {
 	abandoned bool
 	// reserved is what the call holds against the region's bound: the
 	// answer's Content-Length once its headers arrive (more, if more
-	// arrives). charged is what each address with a client in the call
-	// (members, counting its clients) has of it counted against its share:
-	// the address that started the call from when the headers arrive,
-	// others from when their first client enters, until their last client
-	// leaves.
+	// arrives), unless the answer is small (free: see smallAnswer).
+	// charged is what each address with a client in the call (members,
+	// counting its clients) has of it counted against its share: the
+	// address that started the call from when the headers arrive, others
+	// from when their first client enters, until their last client leaves.
 	reserved       int64
+	free           int64
 	charged        int64
 	members        map[string]int
 	starterEntered bool
@@ -588,8 +593,8 @@ type flight struct {
 // join adds a client to the item's call in flight, or starts one. It
 // reports whether the client joined a call already made. Only a client
 // that starts a call spends its max_ops_per_client. No flight and no
-// refusal: the shared calls hold what they may (maxHeldBytes, or this
-// client's share), and the client is to make a call of its own.
+// refusal: the client's address has as many calls as it may start
+// (maxCallsPerClient), and the client is to make a call of its own.
 func (rr *regionReads) join(h *Handler, r *http.Request, c *call) (*flight, bool, *refusal) {
 	key := readKey{c.cache, c.key}
 	rr.mu.Lock()
@@ -603,7 +608,7 @@ func (rr *regionReads) join(h *Handler, r *http.Request, c *call) (*flight, bool
 		}
 		f.mu.Unlock()
 	}
-	if rr.held.Load() >= maxHeldBytes || !rr.mayStart(clientAddress(r)) {
+	if !rr.mayStart(clientAddress(r)) {
 		rr.mu.Unlock()
 		return nil, false, nil
 	}
@@ -655,7 +660,7 @@ func (rr *regionReads) start(h *Handler, r *http.Request, c *call, key readKey) 
 // started it (max_ops_per_client), as the miss it replaces would be; a
 // region that fails it leaves the entry as it was.
 func (rr *regionReads) renew(h *Handler, r *http.Request, c *call, lc *localCache, key readKey) bool {
-	if rr.held.Load() >= maxHeldBytes || !rr.mayStart(clientAddress(r)) {
+	if !rr.mayStart(clientAddress(r)) {
 		return false
 	}
 	rr.mu.Lock()
@@ -767,6 +772,9 @@ func (f *flight) writeHeader(status int) {
 	if f.starterLeft {
 		owner = "" // nobody to charge: its client is gone
 	}
+	if known && n <= smallAnswer {
+		f.free, n = n, 0
+	}
 	if f.reads.reserve(owner, n) {
 		f.reserved, f.charged = n, n
 		if owner != "" {
@@ -786,6 +794,14 @@ func (f *flight) writeHeader(status int) {
 	f.status = status
 	f.notify()
 }
+
+// smallAnswer is the size up to which an answer is not counted against
+// the bounds on what shared calls hold: kept for a client that does not
+// read, it costs no more than the copy buffer (bufPool) the same GET
+// would hold proxied one call each. So clients holding the bounds full of
+// large answers cannot turn sharing and the local cache off for small
+// ones, the hot keys of most sites.
+const smallAnswer = 32 << 10
 
 // unknownLengthReserve is what an answer without a Content-Length reserves
 // when its headers arrive: Momento's largest item. An answer that outgrows
@@ -810,7 +826,7 @@ func (f *flight) Write(p []byte) (int, error) {
 		return n, err
 	}
 	defer f.mu.Unlock()
-	if more := int64(len(f.body)+len(p)) - f.reserved; more > 0 {
+	if more := int64(len(f.body)+len(p)) - f.reserved - f.free; more > 0 {
 		if !f.reads.reserve("", more) {
 			f.overflow = true
 			return 0, errOverHeldBounds

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -348,10 +349,20 @@ func TestClientsThatDoNotReadCannotFillTheGatewayMemory(t *testing.T) {
 	_, _ = rand.Read(value)
 	expect(t, g.do(http.MethodPut, "/cache/c?key=big&ttl_seconds=600", bytes.NewReader(value)), 204, "")
 	rs := pooledRegionState(t, "r", up.URL)
+	// Calls a client could join: past the bounds, a call's answer goes
+	// direct to its one client, at that client's pace.
 	inFlight := func() int {
 		rs.reads.mu.Lock()
 		defer rs.reads.mu.Unlock()
-		return len(rs.reads.flights)
+		n := 0
+		for _, f := range rs.reads.flights {
+			f.mu.Lock()
+			if !f.abandoned {
+				n++
+			}
+			f.mu.Unlock()
+		}
+		return n
 	}
 
 	runtime.GC()
@@ -430,6 +441,51 @@ func TestOneAddressCannotTakeTheSharedCallsFromOthers(t *testing.T) {
 	}
 	if cs := cacheStatus(); !strings.HasPrefix(cs, "momento-gateway; hit") {
 		t.Fatalf("second read from 127.0.0.2: Cache-Status %q, want a hit", cs)
+	}
+}
+
+// Several addresses whose connections do not read can hold the region's
+// whole bound with large answers, each within its share; small answers
+// are not counted against it, so everyone's small reads are still shared
+// and cached. (Before, a full bound sent every GET one call each: four
+// addresses switched coalescing and the local cache off for all, and a
+// region enforcing Momento's limits answered 429 to 60 % of reads, in a
+// hostile review.)
+func TestAFullBoundLeavesSmallAnswersShared(t *testing.T) {
+	lh, err := momentolocal.New(momentolocal.Handler{Token: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lh.Close() })
+	large := bytes.Repeat([]byte("01234567"), 1<<20) // 8 MiB
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Query().Get("key"), "large") {
+			w.Header().Set("Content-Length", strconv.Itoa(len(large)))
+			_, _ = w.Write(large)
+			return
+		}
+		lh.HTTPHandler().ServeHTTP(w, r)
+	}))
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\ttimeout 10s\n\t\tlocal_cache {\n\t\t\tmax_age 1m\n\t\t}\n\t}")
+	expect(t, g.put("/cache/c?key=small&ttl_seconds=600", "v"), 204, "")
+	rs := pooledRegionState(t, "r", up.URL)
+	// Four addresses, two unread 8 MiB answers each: 16 MiB, each
+	// address's share, and 64 MiB in all, the region's bound.
+	for a := range 4 {
+		for k := range 2 {
+			slowClientFrom(t, g, fmt.Sprintf("/cache/c?key=large-%d-%d", a, k), 4<<10, net.IPv4(127, 0, 0, byte(2+a)))
+		}
+	}
+	waitFor(t, func() bool { return rs.reads.held.Load() == maxHeldBytes })
+	// Another address reads a small item: shared, and so cached.
+	for i, want := range []string{"momento-gateway; fwd=miss", "momento-gateway; hit"} {
+		r := g.get("/cache/c?key=small")
+		if cs := r.header.Get("Cache-Status"); r.status != 200 || !strings.HasPrefix(cs, want) {
+			t.Fatalf("read %d of a small item with the bound full: %d, Cache-Status %q, want %q", i+1, r.status, cs, want)
+		}
+	}
+	if st := rs.reads.stats(); st.unshared != 0 {
+		t.Errorf("%d GETs went unshared, want none", st.unshared)
 	}
 }
 
