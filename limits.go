@@ -1,6 +1,7 @@
 package momento
 
 import (
+	"cmp"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -185,6 +186,10 @@ func (a *App) admitOp(r *http.Request) *refusal {
 // (trusted proxies included), for the per-client limits. An IPv6 client
 // is its /64 network: one host is usually given a whole /64, and could
 // otherwise take a fresh share of every limit from each of its addresses.
+// Clients Caddy knows no IP address for (on a unix socket, unless
+// trusted_proxies_unix names the proxy's header) are one address,
+// noAddress, as clients behind one NAT are: never none, which would
+// escape the per-address bounds.
 func clientAddress(r *http.Request) string {
 	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 	if addr, err := netip.ParseAddr(ip); err == nil && addr.Is6() && !addr.Is4In6() {
@@ -192,5 +197,8 @@ func clientAddress(r *http.Request) string {
 			return p.String()
 		}
 	}
-	return ip
+	return cmp.Or(ip, noAddress)
 }
+
+// noAddress is the client address of every client without an IP address.
+const noAddress = "(no IP address)"

@@ -22,7 +22,7 @@ func TestClientAddressGroupsIPv6By64(t *testing.T) {
 		{"2001:db8:1:2:bbbb:cccc:dddd:eeee", "2001:db8:1:2::/64"},
 		{"2001:db8:1:3::1", "2001:db8:1:3::/64"},
 		{"::ffff:203.0.113.7", "::ffff:203.0.113.7"},
-		{"", ""},
+		{"", noAddress},
 	} {
 		if got := addressOf(tc.ip); got != tc.want {
 			t.Errorf("client %q counts as %q, want %q", tc.ip, got, tc.want)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -452,20 +453,7 @@ func TestOneAddressCannotTakeTheSharedCallsFromOthers(t *testing.T) {
 // region enforcing Momento's limits answered 429 to 60 % of reads, in a
 // hostile review.)
 func TestAFullBoundLeavesSmallAnswersShared(t *testing.T) {
-	lh, err := momentolocal.New(momentolocal.Handler{Token: "t"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = lh.Close() })
-	large := bytes.Repeat([]byte("01234567"), 1<<20) // 8 MiB
-	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Query().Get("key"), "large") {
-			w.Header().Set("Content-Length", strconv.Itoa(len(large)))
-			_, _ = w.Write(large)
-			return
-		}
-		lh.HTTPHandler().ServeHTTP(w, r)
-	}))
+	up := largeAnswersRegion(t)
 	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\ttimeout 10s\n\t\tlocal_cache {\n\t\t\tmax_age 1m\n\t\t}\n\t}")
 	expect(t, g.put("/cache/c?key=small&ttl_seconds=600", "v"), 204, "")
 	rs := pooledRegionState(t, "r", up.URL)
@@ -486,6 +474,57 @@ func TestAFullBoundLeavesSmallAnswersShared(t *testing.T) {
 	}
 	if st := rs.reads.stats(); st.unshared != 0 {
 		t.Errorf("%d GETs went unshared, want none", st.unshared)
+	}
+}
+
+// largeAnswersRegion is the embedded backend (token "t"), except that a
+// GET of any key starting "large" answers 8 MiB, with its Content-Length
+// (more than Momento's largest item, and no upload needed).
+func largeAnswersRegion(t *testing.T) *upstream {
+	t.Helper()
+	lh, err := momentolocal.New(momentolocal.Handler{Token: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lh.Close() })
+	large := bytes.Repeat([]byte("01234567"), 1<<20)
+	return newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Query().Get("key"), "large") {
+			w.Header().Set("Content-Length", strconv.Itoa(len(large)))
+			_, _ = w.Write(large)
+			return
+		}
+		lh.HTTPHandler().ServeHTTP(w, r)
+	}))
+}
+
+// Clients Caddy knows no IP address for, on a unix socket, are one
+// address: together they get one share of what shared calls hold. (They
+// had none, and one such client took the region's whole bound in a
+// hostile review.)
+func TestClientsOnAUnixSocketAreOneAddress(t *testing.T) {
+	up := largeAnswersRegion(t)
+	sock := filepath.Join(t.TempDir(), "gateway.sock")
+	runCaddyfile(t, func(_ int, logPath string) string {
+		return globalOptions("off", logPath) + "http:// {\n\tbind unix/" + sock + "\n\tmomento {\n" + regionBlock("r", up.URL, "t") + "\t\ttimeout 10s\n\t}\n}\n"
+	})
+	rs := pooledRegionState(t, "r", up.URL)
+	// Three unread 8 MiB answers, from three connections: two fit the
+	// share, the third goes direct to its client.
+	for i := range 3 {
+		conn, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		_ = conn.(*net.UnixConn).SetReadBuffer(4 << 10)
+		if _, err := fmt.Fprintf(conn, "GET /cache/c?key=large%d HTTP/1.1\r\nHost: x\r\n\r\n", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, func() bool { return rs.reads.stats().unshared == 1 })
+	if held := rs.reads.held.Load(); held != maxHeldPerClient {
+		t.Errorf("clients on a unix socket hold %d MiB in shared calls, want one share, %d MiB", held>>20, maxHeldPerClient>>20)
 	}
 }
 
