@@ -28,7 +28,8 @@ type BreakerConfig struct {
 	FailureRatio float64 `json:"failure_ratio,omitempty"`
 
 	// Requests that must be seen in the window before failure_ratio applies.
-	// Default: 20.
+	// Both count only requests the region decided (not those excluded as
+	// the client's doing, nor those in flight). Default: 20.
 	MinRequests uint32 `json:"min_requests,omitempty"`
 
 	// The counting window while closed: counts reset every window. Default: 60s.
@@ -190,8 +191,12 @@ func (b *breaker) trip() {
 
 func (b *breaker) readyToTrip(c gobreaker.Counts) bool {
 	ratio := math.Float64frombits(b.ratioBits.Load())
+	// The ratio is of the requests the region decided: those excluded
+	// (the client's doing) and those still in flight are neither, and
+	// would let clients dilute it.
+	decided := c.TotalSuccesses + c.TotalFailures
 	trip := b.forceOpen.Load() || c.ConsecutiveFailures >= b.failures.Load() ||
-		ratio > 0 && c.Requests >= b.minRequests.Load() && float64(c.TotalFailures)/float64(c.Requests) >= ratio
+		ratio > 0 && decided >= b.minRequests.Load() && float64(c.TotalFailures)/float64(decided) >= ratio
 	if trip {
 		b.tripCounts.Store(&c)
 	}
