@@ -204,6 +204,92 @@ func TestSlowReaderOfARegionWithASendDeadline(t *testing.T) {
 	}
 }
 
+// An upload refused by an open breaker is answered at once, its body
+// unread, and its HTTP/1 connection closed (net/http would read up to 256
+// KiB of the body before answering: a client that sends only after "100
+// Continue", or slowly, waited).
+func TestAnOpenBreakerAnswersAnUploadAtOnce(t *testing.T) {
+	refused := refusedURL(t)
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", refused, "t")+"\t\tbreaker {\n\t\t\tfailures 1\n\t\t\topen_for 1m\n\t\t}\n\t}")
+	expect(t, g.get("/cache/c?key=k"), http.StatusBadGateway, "")
+	conn, err := net.Dial("tcp", strings.TrimPrefix(g.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second)) // the test's own bound
+	fmt.Fprint(conn, "PUT /cache/c?key=k&ttl_seconds=60 HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nfirst bytes")
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer before the body: %v", err)
+	}
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || !resp.Close {
+		t.Fatalf("got %d (Retry-After %q, close %v)", resp.StatusCode, resp.Header.Get("Retry-After"), resp.Close)
+	}
+}
+
+// While a region's breaker is half-open it takes one probe; an upload
+// that trickles in cannot be that probe and hold it at its own pace (one
+// did, for as long as it liked, in a hostile review: a recovered region
+// stayed refused for 54 s). It is read whole first, without a slot; a
+// GET probes meanwhile and closes the breaker, and the trickle is told to
+// retry.
+func TestATricklingUploadCannotHoldTheProbe(t *testing.T) {
+	sw, _, up := switchedRegion(t)
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\ttimeout 10s\n\t\tbreaker {\n\t\t\tfailures 1\n\t\t\topen_for 100ms\n\t\t}\n\t}")
+	b := pooledBreaker(t, "r", up.URL)
+	failThenRecover := func() {
+		sw.set("500", nil)
+		expect(t, g.get("/cache/c?key=k"), http.StatusInternalServerError, "")
+		sw.set("", nil) // the region recovers
+		waitFor(t, func() bool { return b.state() == gobreaker.StateHalfOpen })
+	}
+	// An upload that arrives at once probes as any request: stored, and
+	// the breaker closes.
+	failThenRecover()
+	expect(t, g.put("/cache/c?key=whole&ttl_seconds=60", "all of it"), http.StatusNoContent, "")
+	if st := b.state(); st != gobreaker.StateClosed {
+		t.Fatalf("breaker %v after an upload probed it, want closed", st)
+	}
+	expect(t, g.get("/cache/c?key=whole"), http.StatusOK, "all of it")
+
+	failThenRecover()
+
+	// An upload whose body the gateway has begun to read ("100 Continue"),
+	// and of which one byte arrives.
+	conn, err := net.Dial("tcp", strings.TrimPrefix(g.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	br := bufio.NewReader(conn)
+	fmt.Fprint(conn, "PUT /cache/c?key=slow&ttl_seconds=60 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n")
+	if line, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(line, "HTTP/1.1 100") {
+		t.Fatalf("no 100 Continue: %q %v", line, err)
+	}
+	_, _ = br.ReadString('\n') // the blank line after it
+	fmt.Fprint(conn, "x")
+
+	// Another client's request probes the region, and closes the breaker.
+	expect(t, g.get("/cache/c?key=k"), http.StatusNotFound, "Key Not Found")
+	if st := b.state(); st != gobreaker.StateClosed {
+		t.Fatalf("breaker %v after a successful probe, want closed", st)
+	}
+	// The trickle is told to retry, and its connection is closed.
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "1" || !resp.Close ||
+		!strings.Contains(string(msg), "takes an upload only once it has arrived whole") {
+		t.Fatalf("the trickling upload got %d (Retry-After %q, close %v) %q", resp.StatusCode, resp.Header.Get("Retry-After"), resp.Close, msg)
+	}
+	if c := b.counts(); c.TotalFailures != 0 {
+		t.Errorf("the trickle counted against the region: %+v", c)
+	}
+}
+
 // Per-user key prefixes keep users apart for every template that loads,
 // whatever characters their ids hold and whatever keys they choose.
 // (Values used to be escaped with url.QueryEscape, which leaves -._~ as

@@ -1,6 +1,7 @@
 package momento
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sony/gobreaker/v2"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -76,6 +78,15 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status
 		}
 		defer release()
 	}
+	var body *limitedBody
+	limit := h.maxItemSize - int64(len(c.key))
+	if c.op == opPublish {
+		limit = h.maxMessageSize
+	}
+	if (c.op == opSet || c.op == opPublish) && c.bodySize != 0 {
+		body = newLimitedBody(w, r, limit)
+	}
+	var whole []byte // an upload read before it was sent (see probeUploadWait)
 	var done func(error)
 	var wait time.Duration
 	var ok bool
@@ -83,9 +94,23 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status
 		wait, ok = rg.state.breaker.admitLongPoll()
 		done = rg.state.breaker.record
 	} else {
+		if body != nil && rg.state.breaker.state() == gobreaker.StateHalfOpen {
+			var rf *refusal
+			if whole, rf = h.wholeUpload(r, c, body, rg); rf != nil {
+				endUpload(w, r, body)
+				return rf.write(w), false
+			}
+		}
 		done, wait, ok = rg.state.breaker.allow()
 	}
 	if !ok {
+		// Answered with the upload unread: at once, closing an HTTP/1
+		// connection (net/http would read up to 256 KiB of it first).
+		if body != nil {
+			endUpload(w, r, body)
+		} else if r.ProtoMajor == 1 && r.ContentLength != 0 {
+			closeAfterAnswer(w)
+		}
 		// The path every request takes while a region is down: cheap.
 		rg.metrics.rejections.Inc()
 		c.breakerOpen = true
@@ -113,14 +138,6 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status
 	}
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
-	var body *limitedBody
-	limit := h.maxItemSize - int64(len(c.key))
-	if c.op == opPublish {
-		limit = h.maxMessageSize
-	}
-	if (c.op == opSet || c.op == opPublish) && c.bodySize != 0 {
-		body = newLimitedBody(w, r, limit)
-	}
 	ex := &exchange{}
 	ex.timer = time.AfterFunc(answerTimeout, func() {
 		ex.clientStalled.Store(body != nil && body.reading.Load())
@@ -140,6 +157,9 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status
 		out.Header["Content-Type"] = []string{c.contentType}
 	}
 	switch {
+	case whole != nil:
+		out.Body = io.NopCloser(bytes.NewReader(whole))
+		out.ContentLength = int64(len(whole))
 	case body != nil:
 		// Each part of the upload that arrives gives the region the full
 		// timeout again: a slow client is not the region's fault.
@@ -336,6 +356,52 @@ func moduleVersion() string {
 		}
 	}
 	return "devel"
+}
+
+// probeUploadWait is how long an upload may take to arrive whole while its
+// region's breaker is half-open. Then the region takes only a few probes
+// (half_open_requests), and an upload sent as it arrives would hold its
+// probe slot at the client's pace: a client trickling its body could keep
+// a recovered region's breaker from closing for as long as it liked. So an
+// upload probes only once it is whole, read into memory first; one that
+// takes longer is refused with Retry-After, and sent as it arrives once
+// the breaker has closed.
+const probeUploadWait = time.Second
+
+// wholeUpload reads the rest of an upload (at most its limit) before it
+// may probe a half-open breaker, or says why it may not.
+func (h *Handler) wholeUpload(r *http.Request, c *call, body *limitedBody, rg *region) ([]byte, *refusal) {
+	timer := time.AfterFunc(probeUploadWait, body.abort)
+	buf := bytes.NewBuffer(make([]byte, 0, min(max(c.bodySize, 0), body.limit+1, 64<<10)))
+	_, err := buf.ReadFrom(body)
+	timedOut := !timer.Stop()
+	if timedOut {
+		// The wait ran out, if only just: an HTTP/1 connection now has a
+		// past read deadline (which also ends the request's context), and
+		// closes after the answer (endUpload).
+		body.cutOff.Store(true)
+	}
+	nothing := "nothing was stored"
+	if c.op == opPublish {
+		nothing = "nothing was published"
+	}
+	switch {
+	case err == nil:
+		return buf.Bytes(), nil
+	case body.state.Load() == bodyTooLarge:
+		if c.op == opPublish {
+			return nil, refuse(http.StatusRequestEntityTooLarge, fmt.Sprintf(
+				"message exceeds max_message_size (%d bytes); nothing was published", h.maxMessageSize))
+		}
+		return nil, refuse(http.StatusRequestEntityTooLarge, fmt.Sprintf(
+			"item exceeds max_item_size (%d bytes, key plus value); nothing was stored", h.maxItemSize))
+	case timedOut:
+		return nil, &refusal{status: http.StatusServiceUnavailable, retryAfter: time.Second, msg: fmt.Sprintf(
+			"region %s is recovering (its circuit breaker is half-open) and takes an upload only once it has arrived whole, within %s; %s; retry in 1 s", rg.name, probeUploadWait, nothing)}
+	case r.Context().Err() != nil:
+		return nil, &refusal{status: 499} // the client went away; for the access log
+	}
+	return nil, refuse(http.StatusBadRequest, "reading the request body failed; "+nothing)
 }
 
 // roundTripFailed answers a request whose upstream exchange failed before
