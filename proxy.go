@@ -203,7 +203,14 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status
 		outcome = nil
 	}
 
-	readErr, writeErr, slowClient := ex.copyAnswer(w, resp.Body, resp.ContentLength, h.timeout)
+	var guard *stallGuard
+	if resp.ContentLength < 0 || resp.ContentLength > smallAnswer {
+		// An answer larger than one write holds its upstream connection
+		// and a copy buffer while the client takes it: a client that stops
+		// reading is dropped after clientStall, as a shared call's is.
+		guard = &stallGuard{rc: http.NewResponseController(w), stall: clientStall}
+	}
+	readErr, writeErr, slowClient := ex.copyAnswer(w, guard, resp.Body, resp.ContentLength, h.timeout)
 	switch {
 	case readErr != nil && (r.Context().Err() != nil || slowClient):
 		// The client left mid-answer, which cancelled the upstream read, or
@@ -245,15 +252,15 @@ func (ex *exchange) trace() *httptrace.ClientTrace {
 
 // copyAnswer streams the region's answer to the client and tells a failing
 // region (readErr) from a departed client (writeErr). Each read from the
-// region must return within timeout; writes to the client are not timed
-// here (Caddy's own write timeouts bound a stalled client).
+// region must return within timeout; each write to the client, within the
+// guard's stall limit, if there is a guard.
 //
 // slowClient reports that the client set the pace: one write took longer
 // than timeout, or writes to the client took most of the exchange and at
 // least clientBackPressure. The region is read only as fast as the client
 // reads, so a region that ends an answer it could not send in time (a send
 // deadline of its own) was held up by the client, not failing.
-func (ex *exchange) copyAnswer(w io.Writer, r io.Reader, size int64, timeout time.Duration) (readErr, writeErr error, slowClient bool) {
+func (ex *exchange) copyAnswer(w io.Writer, guard *stallGuard, r io.Reader, size int64, timeout time.Duration) (readErr, writeErr error, slowClient bool) {
 	pool := &bufPool
 	if size >= largeBody {
 		pool = &largeBufPool
@@ -269,7 +276,14 @@ func (ex *exchange) copyAnswer(w io.Writer, r io.Reader, size int64, timeout tim
 		ex.timer.Stop()
 		if n > 0 {
 			start := time.Now()
-			if _, werr := w.Write(buf[:n]); werr != nil {
+			if guard != nil {
+				guard.arm()
+			}
+			_, werr := w.Write(buf[:n])
+			if guard != nil {
+				guard.disarm()
+			}
+			if werr != nil {
 				return nil, werr, slowClient
 			}
 			took := time.Since(start)
