@@ -28,7 +28,7 @@ for hub in $HUBS; do
 			pid=$!
 			for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:18489/config/ && break; sleep 0.1; done
 			bench/out/topics -gateway http://127.0.0.1:18480 -admin=http://127.0.0.1:18489 -pid "$pid" \
-				-n "$n" -mode "$mode" -messages "$MESSAGES" -label "hub=$hub" || true
+				-n "$n" -mode "$mode" -messages "$MESSAGES" -label "hub=$hub" -steady="$([ "$hub" = on ] && echo true || echo false)" || true
 			kill "$pid"; wait "$pid" 2>/dev/null || true
 		done
 	done

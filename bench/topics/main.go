@@ -44,6 +44,7 @@ func main() {
 	interval := flag.Duration("interval", 250*time.Millisecond, "time between publishes")
 	label := flag.String("label", "", "a label for the result line")
 	clientKind := flag.String("client", "raw", "how long polls are sent: raw (HTTP/1.1 written directly, one connection per subscriber) or nethttp (net/http's client)")
+	steadyState := flag.Bool("steady", true, "measure the steady state too (once every message is delivered and every subscriber waits again), then publish one more message, \"end\", to release them; off for 1:1 forwarding, whose subscribers cannot all wait at once")
 	flag.Parse()
 
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: *n + 10, MaxConnsPerHost: 0, DisableCompression: true}}
@@ -80,7 +81,10 @@ func main() {
 			defer done.Done()
 			// Each waits for one message more than the timed ones: "end",
 			// published after the steady-state figures are taken.
-			want := *messages + 1
+			want := *messages
+			if *steadyState {
+				want++
+			}
 			if *mode == "sse" {
 				subscribeSSE(ctx, client, *gateway+topic, want, &ready, count, func(t string) { record(s, t) })
 			} else if *clientKind == "nethttp" {
@@ -112,18 +116,22 @@ func main() {
 	}
 	// The steady state: every timed message delivered, and every
 	// subscriber waiting again (or 30 s passed: then the figures say so).
-	steadyBy := time.Now().Add(30 * time.Second)
-	for time.Now().Before(steadyBy) && (delivered.Load() < int64(*n**messages) || waitingClients(*admin) < *n) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	steady := gatewayFigures(*admin, *pid)
+	var steady figures
 	steadyNote := ""
-	if delivered.Load() < int64(*n**messages) || waitingClients(*admin) < *n {
-		steadyNote = "(not settled)"
-	}
-	if resp, err := client.Post(*gateway+topic, "text/plain", strings.NewReader("end")); err == nil {
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+	if *steadyState {
+		steadyBy := time.Now().Add(30 * time.Second)
+		for time.Now().Before(steadyBy) && (delivered.Load() < int64(*n**messages) || waitingClients(*admin) < *n) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		steady = gatewayFigures(*admin, *pid)
+		steadyNote = ""
+		if delivered.Load() < int64(*n**messages) || waitingClients(*admin) < *n {
+			steadyNote = "(not settled)"
+		}
+		if resp, err := client.Post(*gateway+topic, "text/plain", strings.NewReader("end")); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
 	}
 	finished := make(chan struct{})
 	go func() { done.Wait(); close(finished) }()
@@ -157,15 +165,18 @@ func main() {
 		return true
 	})
 	per := func(after, base int) float64 { return float64(after-base) / float64(*n) }
-	fmt.Printf("%s\tmode=%s\tclient=%s\tn=%d\tmessages=%d\tcomplete=%d/%d\tdelivered=%d/%d\tp50=%s\tp99=%s\tmax=%s\tnon200=%s\tupstream_subscriptions_max=%d\t"+
-		"first_wait: rss_per_waiter=%.1fKiB live_per_waiter=%.1fKiB (heap %.1f, stacks %.1f) goroutines_per_waiter=%.2f\t"+
-		"steady%s: rss_per_waiter=%.1fKiB live_per_waiter=%.1fKiB (heap %.1f, stacks %.1f) goroutines_per_waiter=%.2f\n",
+	costs := func(f figures) string {
+		return fmt.Sprintf("rss_per_waiter=%.1fKiB live_per_waiter=%.1fKiB (heap %.1f, stacks %.1f) goroutines_per_waiter=%.2f",
+			per(f.rssKiB, before.rssKiB), per(f.heapKiB+f.stackKiB, before.heapKiB+before.stackKiB),
+			per(f.heapKiB, before.heapKiB), per(f.stackKiB, before.stackKiB), per(f.goroutines, before.goroutines))
+	}
+	steadyCosts := "not measured"
+	if *steadyState {
+		steadyCosts = costs(steady)
+	}
+	fmt.Printf("%s\tmode=%s\tclient=%s\tn=%d\tmessages=%d\tcomplete=%d/%d\tdelivered=%d/%d\tp50=%s\tp99=%s\tmax=%s\tnon200=%s\tupstream_subscriptions_max=%d\tfirst_wait: %s\tsteady%s: %s\n",
 		*label, *mode, *clientKind, *n, *messages, complete, *n, len(all), *n**messages, pct(0.5).Round(time.Millisecond), pct(0.99).Round(time.Millisecond),
-		pct(1).Round(time.Millisecond), strings.Join(other, ",")+"-", most,
-		per(waiting.rssKiB, before.rssKiB), per(waiting.heapKiB+waiting.stackKiB, before.heapKiB+before.stackKiB),
-		per(waiting.heapKiB, before.heapKiB), per(waiting.stackKiB, before.stackKiB), per(waiting.goroutines, before.goroutines),
-		steadyNote, per(steady.rssKiB, before.rssKiB), per(steady.heapKiB+steady.stackKiB, before.heapKiB+before.stackKiB),
-		per(steady.heapKiB, before.heapKiB), per(steady.stackKiB, before.stackKiB), per(steady.goroutines, before.goroutines))
+		pct(1).Round(time.Millisecond), strings.Join(other, ",")+"-", most, costs(waiting), steadyNote, steadyCosts)
 }
 
 // subscribeLongPoll follows the topic with Momento's long polls, through
