@@ -372,6 +372,17 @@ func moduleVersion() string {
 	return "devel"
 }
 
+// uploadTooLarge refuses an upload that passed its limit as it arrived
+// (one that declared its size was refused at the edge).
+func (h *Handler) uploadTooLarge(c *call) *refusal {
+	if c.op == opPublish {
+		return refuse(http.StatusRequestEntityTooLarge, fmt.Sprintf(
+			"message exceeds max_message_size (%d bytes); nothing was published", h.maxMessageSize))
+	}
+	return refuse(http.StatusRequestEntityTooLarge, fmt.Sprintf(
+		"item exceeds max_item_size (%d bytes, key plus value); nothing was stored", h.maxItemSize))
+}
+
 // probeUploadWait is how long an upload may take to arrive whole while its
 // region's breaker is half-open. Then the region takes only a few probes
 // (half_open_requests), and an upload sent as it arrives would hold its
@@ -403,12 +414,7 @@ func (h *Handler) wholeUpload(r *http.Request, c *call, body *limitedBody, rg *r
 	case err == nil:
 		return buf.Bytes(), nil
 	case body.state.Load() == bodyTooLarge:
-		if c.op == opPublish {
-			return nil, refuse(http.StatusRequestEntityTooLarge, fmt.Sprintf(
-				"message exceeds max_message_size (%d bytes); nothing was published", h.maxMessageSize))
-		}
-		return nil, refuse(http.StatusRequestEntityTooLarge, fmt.Sprintf(
-			"item exceeds max_item_size (%d bytes, key plus value); nothing was stored", h.maxItemSize))
+		return nil, h.uploadTooLarge(c)
 	case timedOut:
 		return nil, &refusal{status: http.StatusServiceUnavailable, retryAfter: time.Second, msg: fmt.Sprintf(
 			"region %s is recovering (its circuit breaker is half-open) and takes an upload only once it has arrived whole, within %s; %s; retry in 1 s", rg.name, probeUploadWait, nothing)}
@@ -427,12 +433,7 @@ func (h *Handler) roundTripFailed(ctx context.Context, w http.ResponseWriter, r 
 	timedOut := errors.Is(context.Cause(ctx), errUpstreamTimeout)
 	switch {
 	case body != nil && body.state.Load() == bodyTooLarge:
-		if c.op == opPublish {
-			return refuse(http.StatusRequestEntityTooLarge, fmt.Sprintf(
-				"message exceeds max_message_size (%d bytes); nothing was published", h.maxMessageSize)).write(w), errExcluded
-		}
-		return refuse(http.StatusRequestEntityTooLarge, fmt.Sprintf(
-			"item exceeds max_item_size (%d bytes, key plus value); nothing was stored", h.maxItemSize)).write(w), errExcluded
+		return h.uploadTooLarge(c).write(w), errExcluded
 	case timedOut && c.op == opSubscribe:
 		// A long poll that saw no message within subscribe_timeout: an empty
 		// page, and the client polls again with the same cursor.
