@@ -248,8 +248,11 @@ type regionState struct {
 	hubs      regionHubs
 	fannedOut atomic.Int64
 	// reads are the calls in flight and the local caches of the region.
-	reads     regionReads
-	breaker   *breaker
+	reads regionReads
+	// probeUploads counts the bytes of uploads read whole before they may
+	// probe the half-open breaker (see probeUploadWait).
+	probeUploads atomic.Int64
+	breaker      *breaker
 	transport *http.Transport
 	longPoll  *http.Transport // subscribes
 }

@@ -204,6 +204,28 @@ func TestSlowReaderOfARegionWithASendDeadline(t *testing.T) {
 	}
 }
 
+// A client that reads its answer slowly cannot hold a half-open breaker's
+// probe either: the region's answer decides the probe when its headers
+// arrive, not when the client has taken the whole value. (A GET proxied
+// alone and read at 4 KB a second held it for 30 s, until the stall limit,
+// in a hostile review.)
+func TestASlowReaderCannotHoldTheProbe(t *testing.T) {
+	sw, _, up := switchedRegion(t)
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\ttimeout 10s\n\t\tcoalesce off\n\t\tbreaker {\n\t\t\tfailures 1\n\t\t\topen_for 100ms\n\t\t}\n\t}")
+	b := pooledBreaker(t, "r", up.URL)
+	value := bytes.Repeat([]byte("v"), 5<<20-100) // more than the sockets between take
+	expect(t, g.do(http.MethodPut, "/cache/c?key=big&ttl_seconds=600", bytes.NewReader(value)), http.StatusNoContent, "")
+	sw.set("500", nil)
+	expect(t, g.get("/cache/c?key=k"), http.StatusInternalServerError, "")
+	sw.set("", nil) // the region recovers
+	waitFor(t, func() bool { return b.state() == gobreaker.StateHalfOpen })
+
+	// The probe: a GET of the large value by a client that does not read.
+	slowClient(t, g, "/cache/c?key=big", 4<<10)
+	waitFor(t, func() bool { return b.state() == gobreaker.StateClosed })
+	expect(t, g.get("/cache/c?key=k"), http.StatusNotFound, "Key Not Found")
+}
+
 // An upload refused by an open breaker is answered at once, its body
 // unread, and its HTTP/1 connection closed (net/http would read up to 256
 // KiB of the body before answering: a client that sends only after "100
@@ -255,35 +277,57 @@ func TestATricklingUploadCannotHoldTheProbe(t *testing.T) {
 
 	failThenRecover()
 
-	// An upload whose body the gateway has begun to read ("100 Continue"),
-	// and of which one byte arrives.
-	conn, err := net.Dial("tcp", strings.TrimPrefix(g.base, "http://"))
-	if err != nil {
-		t.Fatal(err)
+	// Uploads whose bodies the gateway has begun to read ("100 Continue"),
+	// of which one byte arrives: three of 5 MB, as much as the gateway
+	// reads whole at once (16 MiB); a fourth is refused at once, unread.
+	upload := func() (net.Conn, *bufio.Reader, string) {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(g.base, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		br := bufio.NewReader(conn)
+		fmt.Fprint(conn, "PUT /cache/c?key=slow&ttl_seconds=60 HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\nExpect: 100-continue\r\n\r\n")
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		return conn, br, line
 	}
-	defer conn.Close()
-	br := bufio.NewReader(conn)
-	fmt.Fprint(conn, "PUT /cache/c?key=slow&ttl_seconds=60 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n")
-	if line, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(line, "HTTP/1.1 100") {
-		t.Fatalf("no 100 Continue: %q %v", line, err)
+	var trickles []*bufio.Reader
+	for range 3 {
+		conn, br, line := upload()
+		if !strings.HasPrefix(line, "HTTP/1.1 100") {
+			t.Fatalf("no 100 Continue: %q", line)
+		}
+		_, _ = br.ReadString('\n') // the blank line after it
+		fmt.Fprint(conn, "x")
+		trickles = append(trickles, br)
 	}
-	_, _ = br.ReadString('\n') // the blank line after it
-	fmt.Fprint(conn, "x")
+	_, br, line := upload()
+	if resp, err := http.ReadResponse(bufio.NewReader(io.MultiReader(strings.NewReader(line), br)), nil); err != nil || resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "1" {
+		t.Fatalf("a fourth upload past what is read whole at once: %v %v", resp, err)
+	}
 
 	// Another client's request probes the region, and closes the breaker.
 	expect(t, g.get("/cache/c?key=k"), http.StatusNotFound, "Key Not Found")
 	if st := b.state(); st != gobreaker.StateClosed {
 		t.Fatalf("breaker %v after a successful probe, want closed", st)
 	}
-	// The trickle is told to retry, and its connection is closed.
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
+	// Each trickle is told to retry, and its connection is closed.
+	for _, br := range trickles {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "1" || !resp.Close ||
+			!strings.Contains(string(msg), "takes an upload only once it has arrived whole") {
+			t.Fatalf("a trickling upload got %d (Retry-After %q, close %v) %q", resp.StatusCode, resp.Header.Get("Retry-After"), resp.Close, msg)
+		}
 	}
-	msg, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "1" || !resp.Close ||
-		!strings.Contains(string(msg), "takes an upload only once it has arrived whole") {
-		t.Fatalf("the trickling upload got %d (Retry-After %q, close %v) %q", resp.StatusCode, resp.Header.Get("Retry-After"), resp.Close, msg)
+	if n := pooledRegionState(t, "r", up.URL).probeUploads.Load(); n != 0 {
+		t.Errorf("%d bytes of uploads still counted as being read whole", n)
 	}
 	if c := b.counts(); c.TotalFailures != 0 {
 		t.Errorf("the trickle counted against the region: %+v", c)

@@ -96,10 +96,12 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status
 	} else {
 		if body != nil && rg.state.breaker.state() == gobreaker.StateHalfOpen {
 			var rf *refusal
-			if whole, rf = h.wholeUpload(r, c, body, rg); rf != nil {
+			var release func()
+			if whole, release, rf = h.wholeUpload(r, c, body, rg); rf != nil {
 				endUpload(w, r, body)
 				return rf.write(w), false
 			}
+			defer release()
 		}
 		done, wait, ok = rg.state.breaker.allow()
 	}
@@ -119,9 +121,18 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status
 	}
 	// Until the exchange says otherwise, it says nothing about the region.
 	outcome := errExcluded
+	// settled is set when the outcome was told when the answer's headers
+	// arrived (a half-open breaker's probe); a failure after that is
+	// recorded on its own.
+	settled := false
 	start := time.Now()
 	defer func() {
-		done(outcome)
+		switch {
+		case !settled:
+			done(outcome)
+		case errors.Is(outcome, errUpstreamFailure):
+			rg.state.breaker.record(outcome)
+		}
 		elapsed := time.Since(start)
 		rg.metrics.duration[c.op].Observe(elapsed.Seconds())
 		if ce := h.logger.Check(zapcore.DebugLevel, "proxied"); ce != nil {
@@ -193,6 +204,14 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status
 	}
 	ex.timer.Stop()
 	defer resp.Body.Close()
+	if resp.StatusCode < 500 && c.op != opSubscribe && rg.state.breaker.state() == gobreaker.StateHalfOpen {
+		// A probe, and the region answered: say so now. Told after the
+		// client has read the answer, at its own pace, the outcome would
+		// hold the probe slot, and keep a recovered region's breaker from
+		// closing, for as long as the client took (up to clientStall).
+		done(nil)
+		settled = true
+	}
 
 	copyAnswerHeaders(w.Header(), resp.Header, c, resp.StatusCode)
 	w.WriteHeader(resp.StatusCode)
@@ -393,9 +412,31 @@ func (h *Handler) uploadTooLarge(c *call) *refusal {
 // the breaker has closed.
 const probeUploadWait = time.Second
 
+// maxProbeUploadBytes bounds the uploads a region reads whole at once
+// while its breaker is half-open (each reserves its Content-Length, or its
+// limit when chunked): three of Momento's largest items. Past it, an
+// upload is refused at once, unread, with Retry-After.
+const maxProbeUploadBytes = 16 << 20
+
 // wholeUpload reads the rest of an upload (at most its limit) before it
-// may probe a half-open breaker, or says why it may not.
-func (h *Handler) wholeUpload(r *http.Request, c *call, body *limitedBody, rg *region) ([]byte, *refusal) {
+// may probe a half-open breaker, or says why it may not. release gives
+// back what the upload reserved of maxProbeUploadBytes, once the upstream
+// exchange no longer needs the bytes.
+func (h *Handler) wholeUpload(r *http.Request, c *call, body *limitedBody, rg *region) (whole []byte, release func(), rf *refusal) {
+	nothing := "nothing was stored"
+	if c.op == opPublish {
+		nothing = "nothing was published"
+	}
+	n := body.limit
+	if c.bodySize >= 0 {
+		n = min(c.bodySize, body.limit)
+	}
+	if rg.state.probeUploads.Add(n) > maxProbeUploadBytes {
+		rg.state.probeUploads.Add(-n)
+		return nil, nil, &refusal{status: http.StatusServiceUnavailable, retryAfter: time.Second, msg: fmt.Sprintf(
+			"region %s is recovering (its circuit breaker is half-open), and takes uploads only once they have arrived whole; too many are arriving now; %s; retry in 1 s", rg.name, nothing)}
+	}
+	release = func() { rg.state.probeUploads.Add(-n) }
 	timer := time.AfterFunc(probeUploadWait, body.abort)
 	buf := bytes.NewBuffer(make([]byte, 0, min(max(c.bodySize, 0), body.limit+1, 64<<10)))
 	_, err := buf.ReadFrom(body)
@@ -406,22 +447,20 @@ func (h *Handler) wholeUpload(r *http.Request, c *call, body *limitedBody, rg *r
 		// closes after the answer (endUpload).
 		body.cutOff.Store(true)
 	}
-	nothing := "nothing was stored"
-	if c.op == opPublish {
-		nothing = "nothing was published"
+	if err == nil {
+		return buf.Bytes(), release, nil
 	}
+	release()
 	switch {
-	case err == nil:
-		return buf.Bytes(), nil
 	case body.state.Load() == bodyTooLarge:
-		return nil, h.uploadTooLarge(c)
+		return nil, nil, h.uploadTooLarge(c)
 	case timedOut:
-		return nil, &refusal{status: http.StatusServiceUnavailable, retryAfter: time.Second, msg: fmt.Sprintf(
+		return nil, nil, &refusal{status: http.StatusServiceUnavailable, retryAfter: time.Second, msg: fmt.Sprintf(
 			"region %s is recovering (its circuit breaker is half-open) and takes an upload only once it has arrived whole, within %s; %s; retry in 1 s", rg.name, probeUploadWait, nothing)}
 	case r.Context().Err() != nil:
-		return nil, &refusal{status: 499} // the client went away; for the access log
+		return nil, nil, &refusal{status: 499} // the client went away; for the access log
 	}
-	return nil, refuse(http.StatusBadRequest, "reading the request body failed; "+nothing)
+	return nil, nil, refuse(http.StatusBadRequest, "reading the request body failed; "+nothing)
 }
 
 // roundTripFailed answers a request whose upstream exchange failed before
