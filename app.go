@@ -253,8 +253,8 @@ type regionState struct {
 	// probe the half-open breaker (see probeUploadWait).
 	probeUploads atomic.Int64
 	breaker      *breaker
-	transport *http.Transport
-	longPoll  *http.Transport // subscribes
+	transport    *http.Transport
+	longPoll     *http.Transport // subscribes
 }
 
 // Destruct ends the region's topic hubs and closes its idle upstream
