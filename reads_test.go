@@ -261,28 +261,46 @@ func TestLocalCacheEvictsWithinMaxSize(t *testing.T) {
 // with 200, Age and Cache-Status saying it is stale; past the bound, the
 // failure passes.
 func TestStaleIfError(t *testing.T) {
-	for _, fail := range []string{"500", "hang", "reset", "refused", "breaker"} {
+	// One gateway, a region for each way of failing (routed by cache
+	// name), so that the failures run side by side.
+	fails := []string{"500", "hang", "reset", "refused", "breaker"}
+	regions, routes := "", ""
+	type failing struct {
+		sw *switchable
+		up *upstream
+	}
+	region := map[string]failing{}
+	for _, fail := range fails {
+		sw, _, up := switchedRegion(t)
+		region[fail] = failing{sw, up}
+		regions += regionBlock("r-"+fail, up.URL, "t")
+		routes += "\t\troute c-" + fail + " r-" + fail + "\n"
+	}
+	// The stale window outlasts the hanging call's timeout.
+	g := startGateway(t, "\tmomento {\n"+regions+routes+"\t\ttimeout 100ms\n\t\tbreaker {\n\t\t\tfailures 100\n\t\t}\n"+
+		"\t\tlocal_cache {\n\t\t\tmax_age 10ms\n\t\t\tstale_if_error 250ms\n\t\t}\n\t}")
+	for _, fail := range fails {
 		t.Run(fail, func(t *testing.T) {
-			// The stale window outlasts the hanging call's timeout.
-			g, sw, _, up := readsGatewayTimeout(t, "100ms", "\t\tlocal_cache {\n\t\t\tmax_age 10ms\n\t\t\tstale_if_error 250ms\n\t\t}\n")
-			expect(t, g.put("/cache/c?key=k&ttl_seconds=600", "last known"), 204, "")
-			expect(t, g.get("/cache/c?key=k"), 200, "last known")
+			t.Parallel()
+			path := "/cache/c-" + fail + "?key=k"
+			expect(t, g.put(path+"&ttl_seconds=600", "last known"), 204, "")
+			expect(t, g.get(path), 200, "last known")
 			time.Sleep(20 * time.Millisecond) // past max_age: the next read asks the region
-			switch fail {
+			switch rg := region[fail]; fail {
 			case "breaker":
-				pooledBreaker(t, "r", up.URL).trip()
+				pooledBreaker(t, "r-"+fail, rg.up.URL).trip()
 			case "refused": // the region's listener is gone
-				up.srv.Close()
+				rg.up.srv.Close()
 			default:
-				sw.set(fail, nil)
+				rg.sw.set(fail, nil)
 			}
-			r := g.get("/cache/c?key=k")
+			r := g.get(path)
 			expect(t, r, 200, "last known")
 			if cs := r.header.Get("Cache-Status"); !strings.Contains(cs, "fwd=stale") || r.header.Get("Age") == "" {
 				t.Fatalf("stale answer: Cache-Status %q, Age %q", cs, r.header.Get("Age"))
 			}
 			// Past stale_if_error, the failure passes.
-			waitFor(t, func() bool { return g.get("/cache/c?key=k").status >= 500 })
+			waitFor(t, func() bool { return g.get(path).status >= 500 })
 		})
 	}
 }
