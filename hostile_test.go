@@ -266,15 +266,6 @@ func TestATricklingUploadCannotHoldTheProbe(t *testing.T) {
 		sw.set("", nil) // the region recovers
 		waitFor(t, func() bool { return b.state() == gobreaker.StateHalfOpen })
 	}
-	// An upload that arrives at once probes as any request: stored, and
-	// the breaker closes.
-	failThenRecover()
-	expect(t, g.put("/cache/c?key=whole&ttl_seconds=60", "all of it"), http.StatusNoContent, "")
-	if st := b.state(); st != gobreaker.StateClosed {
-		t.Fatalf("breaker %v after an upload probed it, want closed", st)
-	}
-	expect(t, g.get("/cache/c?key=whole"), http.StatusOK, "all of it")
-
 	failThenRecover()
 
 	// Uploads whose bodies the gateway has begun to read ("100 Continue"),
@@ -314,6 +305,15 @@ func TestATricklingUploadCannotHoldTheProbe(t *testing.T) {
 	if st := b.state(); st != gobreaker.StateClosed {
 		t.Fatalf("breaker %v after a successful probe, want closed", st)
 	}
+	// While the trickles wait: an upload that arrives at once probes as
+	// any request, is stored, and the breaker closes.
+	failThenRecover()
+	expect(t, g.put("/cache/c?key=whole&ttl_seconds=60", "all of it"), http.StatusNoContent, "")
+	if st := b.state(); st != gobreaker.StateClosed {
+		t.Fatalf("breaker %v after an upload probed it, want closed", st)
+	}
+	expect(t, g.get("/cache/c?key=whole"), http.StatusOK, "all of it")
+
 	// Each trickle is told to retry, and its connection is closed.
 	for _, br := range trickles {
 		resp, err := http.ReadResponse(br, nil)
@@ -342,9 +342,19 @@ func TestATricklingUploadCannotHoldTheProbe(t *testing.T) {
 func TestPrefixesIsolateUsers(t *testing.T) {
 	up, _ := localUpstream(t, "t")
 	ids := []string{"a", "a-b", "a.b", "a_b", "a~b", "a:b", "a%2Db", "a b", "a+b", "é", "e\u0301", "alic", "alice", "b"}
-	for _, sep := range []string{"-", ".", "_", "~", ":", "/", "+"} {
+	seps := []string{"-", ".", "_", "~", ":", "/", "+"}
+	// One gateway, a handler for each separator under /<i>/, each on a
+	// cache of its own, so that the separators run side by side.
+	var site strings.Builder
+	for i, sep := range seps {
+		region := "\t" + strings.ReplaceAll(regionBlock("r", up.URL, "t"), "\n\t", "\n\t\t")
+		fmt.Fprintf(&site, "\thandle_path /%d/* {\n\t\tmomento {\n%s\t\t\tkey_prefix {http.request.header.X-User}%s\n\t\t}\n\t}\n", i, strings.TrimSuffix(region, "\t"), sep)
+	}
+	g := startGateway(t, site.String())
+	for i, sep := range seps {
 		t.Run("separator "+sep, func(t *testing.T) {
-			g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\tkey_prefix {http.request.header.X-User}"+sep+"\n\t}")
+			t.Parallel()
+			iso := fmt.Sprintf("/%d/cache/iso%d", i, i)
 			as := func(user string) []string { return []string{"X-User", user} }
 			// Every user writes, under keys crafted to collide with every
 			// other user's namespace, a value naming themselves.
@@ -357,7 +367,7 @@ func TestPrefixesIsolateUsers(t *testing.T) {
 			for _, user := range ids {
 				wg.Go(func() {
 					for _, k := range keys {
-						if r := g.do(http.MethodPut, "/cache/iso?ttl_seconds=600&key="+url.QueryEscape(k), strings.NewReader(user), as(user)...); r.status != 204 {
+						if r := g.do(http.MethodPut, iso+"?ttl_seconds=600&key="+url.QueryEscape(k), strings.NewReader(user), as(user)...); r.status != 204 {
 							t.Errorf("user %q writing key %q got %d %q", user, k, r.status, r.body)
 						}
 					}
@@ -367,7 +377,7 @@ func TestPrefixesIsolateUsers(t *testing.T) {
 			for _, user := range ids {
 				wg.Go(func() {
 					for _, k := range keys {
-						if r := g.do(http.MethodGet, "/cache/iso?key="+url.QueryEscape(k), nil, as(user)...); r.status != 200 || r.body != user {
+						if r := g.do(http.MethodGet, iso+"?key="+url.QueryEscape(k), nil, as(user)...); r.status != 200 || r.body != user {
 							t.Errorf("user %q reading key %q got %d %q: another user's value", user, k, r.status, r.body)
 							return
 						}
