@@ -782,7 +782,7 @@ func (f *flight) writeHeader(status int) {
 			f.starterEntered = true
 		}
 		if known {
-			f.body = make([]byte, 0, n) // the whole answer, in one piece
+			f.body = make([]byte, 0, n+f.free) // the whole answer, in one piece
 		}
 	} else {
 		f.direct, f.abandoned = true, true
