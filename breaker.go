@@ -263,5 +263,9 @@ func (b *breaker) retryAfter(now time.Time) time.Duration {
 // state is the breaker's current state.
 func (b *breaker) state() gobreaker.State { return b.cb.Load().State() }
 
+// probing reports whether the breaker is half-open: the region takes only
+// half_open_requests probes, whose outcome decides whether it closes.
+func (b *breaker) probing() bool { return b.state() == gobreaker.StateHalfOpen }
+
 // counts are the breaker's counts in the current window or state.
 func (b *breaker) counts() gobreaker.Counts { return b.cb.Load().Counts() }

@@ -18,7 +18,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sony/gobreaker/v2"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -94,7 +93,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status
 		wait, ok = rg.state.breaker.admitLongPoll()
 		done = rg.state.breaker.record
 	} else {
-		if body != nil && rg.state.breaker.state() == gobreaker.StateHalfOpen {
+		if body != nil && rg.state.breaker.probing() {
 			var rf *refusal
 			var release func()
 			if whole, release, rf = h.wholeUpload(r, c, body, rg); rf != nil {
@@ -204,7 +203,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status
 	}
 	ex.timer.Stop()
 	defer resp.Body.Close()
-	if resp.StatusCode < 500 && c.op != opSubscribe && rg.state.breaker.state() == gobreaker.StateHalfOpen {
+	if resp.StatusCode < 500 && c.op != opSubscribe && rg.state.breaker.probing() {
 		// A probe, and the region answered: say so now. Told after the
 		// client has read the answer, at its own pace, the outcome would
 		// hold the probe slot, and keep a recovered region's breaker from
@@ -389,78 +388,6 @@ func moduleVersion() string {
 		}
 	}
 	return "devel"
-}
-
-// uploadTooLarge refuses an upload that passed its limit as it arrived
-// (one that declared its size was refused at the edge).
-func (h *Handler) uploadTooLarge(c *call) *refusal {
-	if c.op == opPublish {
-		return refuse(http.StatusRequestEntityTooLarge, fmt.Sprintf(
-			"message exceeds max_message_size (%d bytes); nothing was published", h.maxMessageSize))
-	}
-	return refuse(http.StatusRequestEntityTooLarge, fmt.Sprintf(
-		"item exceeds max_item_size (%d bytes, key plus value); nothing was stored", h.maxItemSize))
-}
-
-// probeUploadWait is how long an upload may take to arrive whole while its
-// region's breaker is half-open. Then the region takes only a few probes
-// (half_open_requests), and an upload sent as it arrives would hold its
-// probe slot at the client's pace: a client trickling its body could keep
-// a recovered region's breaker from closing for as long as it liked. So an
-// upload probes only once it is whole, read into memory first; one that
-// takes longer is refused with Retry-After, and sent as it arrives once
-// the breaker has closed.
-const probeUploadWait = time.Second
-
-// maxProbeUploadBytes bounds the uploads a region reads whole at once
-// while its breaker is half-open (each reserves its Content-Length, or its
-// limit when chunked): three of Momento's largest items. Past it, an
-// upload is refused at once, unread, with Retry-After.
-const maxProbeUploadBytes = 16 << 20
-
-// wholeUpload reads the rest of an upload (at most its limit) before it
-// may probe a half-open breaker, or says why it may not. release gives
-// back what the upload reserved of maxProbeUploadBytes, once the upstream
-// exchange no longer needs the bytes.
-func (h *Handler) wholeUpload(r *http.Request, c *call, body *limitedBody, rg *region) (whole []byte, release func(), rf *refusal) {
-	nothing := "nothing was stored"
-	if c.op == opPublish {
-		nothing = "nothing was published"
-	}
-	n := body.limit
-	if c.bodySize >= 0 {
-		n = min(c.bodySize, body.limit)
-	}
-	if rg.state.probeUploads.Add(n) > maxProbeUploadBytes {
-		rg.state.probeUploads.Add(-n)
-		return nil, nil, &refusal{status: http.StatusServiceUnavailable, retryAfter: time.Second, msg: fmt.Sprintf(
-			"region %s is recovering (its circuit breaker is half-open), and takes uploads only once they have arrived whole; too many are arriving now; %s; retry in 1 s", rg.name, nothing)}
-	}
-	release = func() { rg.state.probeUploads.Add(-n) }
-	timer := time.AfterFunc(probeUploadWait, body.abort)
-	buf := bytes.NewBuffer(make([]byte, 0, min(max(c.bodySize, 0), body.limit+1, 64<<10)))
-	_, err := buf.ReadFrom(body)
-	timedOut := !timer.Stop()
-	if timedOut {
-		// The wait ran out, if only just: an HTTP/1 connection now has a
-		// past read deadline (which also ends the request's context), and
-		// closes after the answer (endUpload).
-		body.cutOff.Store(true)
-	}
-	if err == nil {
-		return buf.Bytes(), release, nil
-	}
-	release()
-	switch {
-	case body.state.Load() == bodyTooLarge:
-		return nil, nil, h.uploadTooLarge(c)
-	case timedOut:
-		return nil, nil, &refusal{status: http.StatusServiceUnavailable, retryAfter: time.Second, msg: fmt.Sprintf(
-			"region %s is recovering (its circuit breaker is half-open) and takes an upload only once it has arrived whole, within %s; %s; retry in 1 s", rg.name, probeUploadWait, nothing)}
-	case r.Context().Err() != nil:
-		return nil, nil, &refusal{status: 499} // the client went away; for the access log
-	}
-	return nil, nil, refuse(http.StatusBadRequest, "reading the request body failed; "+nothing)
 }
 
 // roundTripFailed answers a request whose upstream exchange failed before
