@@ -277,12 +277,39 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // serve answers the call: CORS and preflights first, then refusals at the
 // edge, then the region. It returns the status the client got, and whether
 // the answer was cut off midway.
+//
+// serve, subscribe and longPoll are the frames a waiting long poll sits
+// in, so they are kept small: the edge, the subscriber's start and the
+// answer's writing are in functions called and returned from before or
+// after the wait. Under a plain site block, Caddy's handler chain is
+// 5.5 KiB deep where it calls the gateway, and a waiting long poll then
+// fits Go's 8 KiB starting stack instead of growing it to 16 KiB, which
+// it would keep for as long as it waits (see BENCHMARKS.md, Topic fan-out).
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call) (status int, cutOff bool) {
-	if st := h.cors.apply(w, r, c); st != 0 {
+	if st, answered := h.atEdge(w, r, c); answered {
 		return st, false
 	}
+	switch {
+	case c.op == opGet && (h.LocalCache != nil || h.coalesce()):
+		return h.read(w, r, c)
+	case c.op == opSubscribe:
+		return h.subscribe(w, r, c)
+	}
+	if rf := h.app.admitOp(r); rf != nil {
+		return rf.write(w), false
+	}
+	return h.proxy(w, r, c)
+}
+
+// atEdge answers what the gateway answers without the region: CORS
+// refusals, preflights, calls this handler refuses, and caches no region
+// has. Otherwise it sets the call's region (and says so in region_header).
+func (h *Handler) atEdge(w http.ResponseWriter, r *http.Request, c *call) (status int, answered bool) {
+	if st := h.cors.apply(w, r, c); st != 0 {
+		return st, true
+	}
 	if c.op == opOptions {
-		return writePreflight(w, c), false
+		return writePreflight(w, c), true
 	}
 	rf := c.refusal
 	if rf == nil {
@@ -295,29 +322,16 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call) (status
 			// second for "100 Continue" before it sends more than 1 MiB).
 			closeAfterAnswer(w)
 		}
-		return rf.write(w), false
+		return rf.write(w), true
 	}
 	if c.region = h.regionFor(c.cache); c.region == nil {
 		// Momento's own answer for a cache it does not have.
-		return refuse(http.StatusNotFound, "Cache Not Found").write(w), false
+		return refuse(http.StatusNotFound, "Cache Not Found").write(w), true
 	}
 	if h.RegionHeader != "" {
 		w.Header().Set(h.RegionHeader, c.region.name)
 	}
-	if c.op == opGet && (h.LocalCache != nil || h.coalesce()) {
-		return h.read(w, r, c)
-	}
-	if c.op == opSubscribe {
-		switch {
-		case !h.app.topics().hubOff:
-			return h.subscribe(w, r, c), false
-		case wantsEventStream(r):
-			return refuse(http.StatusNotAcceptable, "Server-Sent Events need the topic hub, which is off here (topics { hub off }): long-poll this topic instead").write(w), false
-		}
-	} else if rf := h.app.admitOp(r); rf != nil {
-		return rf.write(w), false
-	}
-	return h.proxy(w, r, c)
+	return 0, false
 }
 
 // coalesce reports whether concurrent GETs of an item share a call.

@@ -95,74 +95,141 @@ func wantsEventStream(r *http.Request) bool {
 
 // subscribe serves a subscriber from the topic's hub: a long poll, or an
 // event stream. The subscriber waits without holding anything upstream of
-// its own, and without a goroutine of its own.
-func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request, c *call) int {
+// its own, and without a goroutine of its own. With the hub off, a long
+// poll goes to the region as it is.
+func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request, c *call) (status int, cutOff bool) {
+	var sub hubClient
+	switch st := h.startSubscriber(w, r, c, &sub); {
+	case st == forwardSubscribe:
+		return h.proxy(w, r, c)
+	case sub.hub == nil:
+		return st, false
+	}
+	defer sub.end()
+	if sub.heartbeat > 0 {
+		return h.stream(w, r, &sub), false
+	}
+	// The answer is written here, not down in longPoll: see serve.
+	body, rf := h.longPoll(r, &sub)
+	switch {
+	case rf != nil:
+		return rf.write(w), false
+	case body == nil:
+		w.WriteHeader(499) // for the access log: the client went away
+		return 499, false
+	}
+	return writeJSON200(w, body), false
+}
+
+// hubClient is a client waiting on a topic's hub: its place among the
+// waiters, and where it is in the topic.
+type hubClient struct {
+	slot *waitSlot
+	hub  *hub
+	cur  cursor
+	// heartbeat is set for an event stream: how often a quiet one gets a
+	// comment line.
+	heartbeat time.Duration
+}
+
+// forwardSubscribe is startSubscriber's status for a long poll that goes
+// to the region as it is (the hub off).
+const forwardSubscribe = -1
+
+// startSubscriber admits a subscriber and joins it to its topic's hub, or
+// answers it (a refusal: then sub.hub stays nil, and st is the status).
+func (h *Handler) startSubscriber(w http.ResponseWriter, r *http.Request, c *call, sub *hubClient) (st int) {
 	set := h.app.topics()
 	stream := wantsEventStream(r)
+	switch {
+	case set.hubOff && stream:
+		return refuse(http.StatusNotAcceptable, "Server-Sent Events need the topic hub, which is off here (topics { hub off }): long-poll this topic instead").write(w)
+	case set.hubOff:
+		return forwardSubscribe
+	}
 	kind := waitLongPoll
 	if stream {
 		kind = waitSSE
+		sub.heartbeat = set.heartbeat
 	}
-	slot, rf := h.app.admitWaiter(r, kind)
-	if rf != nil {
-		return rf.write(w)
-	}
-	defer slot.release()
-
-	cur := cursor{next: c.seqNumber, page: c.seqPage, given: c.hasSeqNumber}
+	sub.cur = cursor{next: c.seqNumber, page: c.seqPage, given: c.hasSeqNumber}
 	if id := r.Header.Get("Last-Event-ID"); stream && id != "" {
 		// EventSource reconnecting: go on right after the last event.
 		page, seq, ok := parseEventID(id)
 		if !ok {
 			return refuse(http.StatusBadRequest, "Last-Event-ID "+strconv.Quote(id)+" is not an event id of this gateway (page-sequence)").write(w)
 		}
-		cur = cursor{next: seq + 1, page: page, given: true}
+		sub.cur = cursor{next: seq + 1, page: page, given: true}
 	}
-	rg := c.region
-	hb, rf := rg.state.hubs.join(rg, hubKey{c.cache, c.topic}, cur, set.hub, h.logger)
+	slot, rf := h.app.admitWaiter(r, kind)
 	if rf != nil {
 		return rf.write(w)
 	}
-	defer hb.leave()
-	if stream {
-		return h.stream(w, r, hb, cur, set.heartbeat)
+	rg := c.region
+	hb, rf := rg.state.hubs.join(rg, hubKey{c.cache, c.topic}, sub.cur, set.hub, h.logger)
+	if rf != nil {
+		slot.release()
+		return rf.write(w)
 	}
-	return h.longPoll(w, r, hb, cur)
+	sub.slot, sub.hub = slot, hb
+	return 0
 }
 
-// longPoll answers as soon as the hub has something at or after the
-// cursor, or after subscribe_timeout with no items (the client polls
-// again), or with 503 when the region is down and nothing is buffered.
-func (h *Handler) longPoll(w http.ResponseWriter, r *http.Request, hb *hub, cur cursor) int {
+// end takes the subscriber off its hub and gives its place back.
+func (sub *hubClient) end() {
+	sub.hub.leave()
+	sub.slot.release()
+}
+
+// longPoll waits until the hub has something at or after the cursor, and
+// returns the answer: the hub's items, or after subscribe_timeout an empty
+// page (the client polls again), or a refusal when the region is down and
+// nothing is buffered. Nothing (nil, nil): the client went away.
+func (h *Handler) longPoll(r *http.Request, sub *hubClient) (body []byte, rf *refusal) {
 	end := time.Now().Add(h.subscribeTimeout)
 	deadline := time.NewTimer(h.subscribeTimeout)
 	defer deadline.Stop()
 	for {
-		ans, final, wait := hb.read(cur)
-		switch {
-		case final != nil:
-			return final.write(w)
-		case wait == nil:
-			return writeJSON200(w, ans.json())
-		}
-		// Nothing to give yet. If the region is down until after this
-		// poll would end, say so now; otherwise the hub keeps trying.
-		if retry, down := hb.regionDown(); down && time.Now().Add(retry).After(end) {
-			return hb.region.Load().unavailable(retry).write(w)
+		body, rf, wait := pollNow(sub.hub, sub.cur, end)
+		if wait == nil {
+			return body, rf
 		}
 		select {
 		case <-wait:
 		case <-deadline.C:
-			// Nothing came: an empty page, or the region is really gone.
-			if retry, down := hb.regionDown(); down {
-				return hb.region.Load().unavailable(retry).write(w)
-			}
-			return writeJSON200(w, []byte(`{"items":[]}`))
+			return emptyPoll(sub.hub)
 		case <-r.Context().Done():
-			w.WriteHeader(499) // for the access log: the client went away
-			return 499
+			return nil, nil
 		}
 	}
+}
+
+// pollNow answers a long poll if the hub has something at or after the
+// cursor, or is final, or its region is down until after the poll would
+// end (end); otherwise it returns the channel to wait on.
+func pollNow(hb *hub, cur cursor, end time.Time) (body []byte, rf *refusal, wait <-chan struct{}) {
+	ans, final, wait := hb.read(cur)
+	switch {
+	case final != nil:
+		return nil, final, nil
+	case wait == nil:
+		return ans.json(), nil, nil
+	}
+	// Nothing to give yet. If the region is down until after this poll
+	// would end, say so now; otherwise the hub keeps trying.
+	if retry, down := hb.regionDown(); down && time.Now().Add(retry).After(end) {
+		return nil, hb.region.Load().unavailable(retry), nil
+	}
+	return nil, nil, wait
+}
+
+// emptyPoll is the answer to a long poll that waited subscribe_timeout
+// and got nothing: an empty page, or 503 if the region is really gone.
+func emptyPoll(hb *hub) (body []byte, rf *refusal) {
+	if retry, down := hb.regionDown(); down {
+		return nil, hb.region.Load().unavailable(retry)
+	}
+	return []byte(`{"items":[]}`), nil
 }
 
 func writeJSON200(w http.ResponseWriter, body []byte) int {
@@ -184,7 +251,8 @@ func (rg *region) unavailable(retry time.Duration) *refusal {
 // one event per message, with an id EventSource sends back when it
 // reconnects, a discontinuity event when messages were lost, and a comment
 // line every heartbeat while the topic is quiet.
-func (h *Handler) stream(w http.ResponseWriter, r *http.Request, hb *hub, cur cursor, heartbeat time.Duration) int {
+func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *hubClient) int {
+	hb, cur := sub.hub, sub.cur
 	hdr := w.Header()
 	hdr["Content-Type"] = []string{"text/event-stream"}
 	hdr["X-Content-Type-Options"] = noSniff
@@ -204,7 +272,7 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, hb *hub, cur cu
 	if !send(nil) {
 		return http.StatusOK
 	}
-	beat := time.NewTicker(heartbeat)
+	beat := time.NewTicker(sub.heartbeat)
 	defer beat.Stop()
 	for {
 		ans, final, wait := hb.read(cur)
