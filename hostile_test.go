@@ -542,6 +542,9 @@ func TestLongPollsAreBounded(t *testing.T) {
 			if n := up.hits.Load() - before; n != int64(tc.open) {
 				t.Fatalf("the refused long poll reached the region: %d requests", n)
 			}
+			// Bad input is told so first: a resume it could never make.
+			expect(t, g.do(http.MethodGet, "/topics/c/one-more", nil, "Accept", "text/event-stream", "Last-Event-ID", "nonsense"),
+				http.StatusBadRequest, "Last-Event-ID \"nonsense\" is not an event id")
 			// Other requests are unaffected.
 			expect(t, g.get("/cache/c?key=k"), http.StatusNotFound, "Key Not Found")
 		})

@@ -161,14 +161,20 @@ func (h *Handler) startSubscriber(w http.ResponseWriter, r *http.Request, c *cal
 		}
 		sub.cur = cursor{next: seq + 1, page: page, given: true}
 	}
+	// A malformed resume was refused above, whatever the limits: it is
+	// bad input, and it takes no place among the waiters.
 	slot, rf := h.app.admitWaiter(r, kind)
 	if rf != nil {
 		return rf.write(w)
 	}
+	defer func() {
+		if sub.hub == nil {
+			slot.release() // not joined (refused, or a panic): the place is free again
+		}
+	}()
 	rg := c.region
 	hb, rf := rg.state.hubs.join(rg, hubKey{c.cache, c.topic}, sub.cur, set.hub, h.logger)
 	if rf != nil {
-		slot.release()
 		return rf.write(w)
 	}
 	sub.slot, sub.hub = slot, hb
