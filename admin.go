@@ -91,8 +91,14 @@ type ReadCounts struct {
 	// Misses answered by a call of their own, not shared, because the
 	// bounds on what shared calls hold were reached (in misses too).
 	Unshared int64 `json:"unshared"`
-	// Bytes of answers the region's shared calls hold, within 64 MiB.
+	// Bytes of answers the region's shared calls hold, and of large values
+	// still being sent to clients after they left a local cache, within
+	// 64 MiB.
 	HeldBytes int64 `json:"held_bytes"`
+	// Large values that left a local cache while clients were still being
+	// sent them, when the 64 MiB could not take them: those clients' answers
+	// were broken off (they read again).
+	CutOff int64 `json:"cut_off_values"`
 	// Entries the local caches dropped for room.
 	Evictions int64 `json:"evictions"`
 	// Bytes the local caches hold (keys, values, overhead).
@@ -128,7 +134,7 @@ func statusOf(rg *region) RegionStatus {
 	rs.TopicHubs, rs.TopicWaiters = rg.state.hubs.counts()
 	rd := rg.state.reads.stats()
 	rs.Reads = ReadCounts{Hits: rd.hits, Misses: rd.misses, Coalesced: rd.coalesced, Stale: rd.stale, Renewals: rd.renewals,
-		Saved: rd.hits + rd.coalesced - rd.renewals, Unshared: rd.unshared, HeldBytes: rd.held, Evictions: rd.evictions, CachedBytes: rd.bytes}
+		Saved: rd.hits + rd.coalesced - rd.renewals, Unshared: rd.unshared, HeldBytes: rd.held, CutOff: rd.cutOff, Evictions: rd.evictions, CachedBytes: rd.bytes}
 	if st == gobreaker.StateOpen {
 		rs.RetryAfterSeconds = retryAfterSeconds(b.retryAfter(time.Now()))
 	}

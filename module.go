@@ -266,9 +266,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	status, cutOff := h.serve(w, r, c)
 	c.count(status)
 	if cutOff {
-		// The region broke off mid-answer after the status was sent: abort
-		// the connection so the client cannot take a truncated value for a
-		// whole one.
+		// The answer broke off after the status was sent (the region broke
+		// off, or the gateway could not keep a value for a slow client):
+		// abort the connection so the client cannot take a truncated value
+		// for a whole one.
 		panic(http.ErrAbortHandler)
 	}
 	return nil

@@ -107,6 +107,10 @@ type regionReads struct {
 	// unshared counts the misses answered by a call not shared: past
 	// the bounds on what shared calls hold.
 	unshared atomic.Int64
+	// cutOff counts the cached values whose readers' answers were broken
+	// off: the values left the cache while being sent, and the bound could
+	// not keep them (see cached.left).
+	cutOff atomic.Int64
 }
 
 // maxHeldBytes bounds the memory of a region's shared calls. A shared
@@ -258,6 +262,15 @@ type cached struct {
 	// per entry, so a region that fails or throttles it is not asked again
 	// and again before the entry expires.
 	renewing atomic.Bool
+
+	// A large value's readers, and whether the entry has left the cache:
+	// see startRead. held is what the value counts against the region's
+	// bound meanwhile; cut is set when the bound could not take it.
+	pin     sync.Mutex
+	readers int
+	gone    bool
+	held    int64
+	cut     atomic.Bool
 }
 
 // cacheFor returns the region's local cache with these settings, for a
@@ -297,6 +310,7 @@ func (rr *regionReads) cacheFor(lc *LocalCacheConfig) *localCache {
 			if e.WasEvicted() && e.Cause == otter.CauseOverflow {
 				c.evictions.Add(1)
 			}
+			e.Value.left(rr)
 		},
 	})
 	if rr.caches == nil {
@@ -335,7 +349,8 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 	lc := h.localCaches[rg.state] // nil without local_cache
 	var entry *cached
 	if lc != nil {
-		if e, ok := lc.store.GetIfPresent(key); ok && !e.mark {
+		if e, ok := lc.store.GetIfPresent(key); ok && !e.mark && e.startRead() {
+			defer e.endRead(rr)
 			entry = e
 			if age := time.Since(e.fetched); age <= lc.set.maxAge && (e.expires.IsZero() || time.Now().Before(e.expires)) {
 				rr.hits.Add(1)
@@ -343,7 +358,7 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 					h.app.admitOp(r) == nil && e.renewing.CompareAndSwap(false, true) && !rr.renew(h, r, c, lc, key) {
 					e.renewing.Store(false) // a later hit tries again
 				}
-				return writeCached(w, e, "hit; ttl="+strconv.FormatInt(int64((lc.set.maxAge-age)/time.Second), 10)), false
+				return writeCached(w, e, "hit; ttl="+strconv.FormatInt(int64((lc.set.maxAge-age)/time.Second), 10))
 			}
 		}
 	}
@@ -391,7 +406,7 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 		(entry.expires.IsZero() || time.Now().Before(entry.expires)) {
 		// The region fails: the last answer, marked stale.
 		rr.stale.Add(1)
-		return writeCached(w, entry, "fwd=stale; fwd-status="+strconv.Itoa(st)+"; detail=stale-if-error"), false
+		return writeCached(w, entry, "fwd=stale; fwd-status="+strconv.Itoa(st)+"; detail=stale-if-error")
 	}
 	fwd := "fwd=miss"
 	if joined {
@@ -449,8 +464,12 @@ func (lc *localCache) fill(key readKey, status int, body []byte, contentType []s
 	lc.store.Set(key, e)
 }
 
-// writeCached answers from a cached entry.
-func writeCached(w http.ResponseWriter, e *cached, cacheStatus string) int {
+// writeCached answers from a cached entry, which the caller holds as a
+// reader (startRead). A large value goes in parts, each of which the client
+// must take within clientStall; cutOff reports that its answer was broken
+// off because the entry left the cache and the region's bound could not
+// keep its value for the client (see cached.left).
+func writeCached(w http.ResponseWriter, e *cached, cacheStatus string) (status int, cutOff bool) {
 	hdr := w.Header()
 	hdr["Content-Type"] = e.contentType
 	if e.status != http.StatusOK {
@@ -461,8 +480,85 @@ func writeCached(w http.ResponseWriter, e *cached, cacheStatus string) int {
 	hdr.Set("Age", strconv.FormatInt(int64(time.Since(e.fetched)/time.Second), 10))
 	hdr.Set("Cache-Status", cacheStatusName+"; "+cacheStatus)
 	w.WriteHeader(e.status)
-	_, _ = w.Write(e.body)
-	return e.status
+	if len(e.body) <= smallAnswer {
+		_, _ = w.Write(e.body)
+		return e.status, false
+	}
+	g := stallGuard{rc: http.NewResponseController(w), stall: clientStall}
+	defer g.disarm()
+	for sent := 0; sent < len(e.body); {
+		if e.cut.Load() {
+			return e.status, true
+		}
+		part := e.body[sent:min(len(e.body), sent+stallPart)]
+		g.arm()
+		if _, err := w.Write(part); err != nil {
+			return e.status, false // the client went away, or stalled
+		}
+		sent += len(part)
+	}
+	return e.status, false
+}
+
+// A large value being sent to clients stays in memory until they have it,
+// even after its entry has left the cache (evicted for room, expired,
+// replaced, purged): clients that read slowly would otherwise keep any
+// number of values the cache's max_size no longer counts. So a large
+// entry counts its readers, and when it leaves the cache while it has
+// some, its value is counted against the region's bound on what shared
+// calls hold (maxHeldBytes) until the last of them is done. If the bound
+// cannot take it, the readers' answers are broken off at their next part
+// (a stalled one within clientStall): they read again, and get the item
+// anew. Small values (see smallAnswer) are not counted, as elsewhere.
+
+// startRead registers a client that may be sent the entry's value. False:
+// the entry has left the cache already, and the client reads as on a
+// miss. Callers call endRead when done with the entry.
+func (e *cached) startRead() bool {
+	if len(e.body) <= smallAnswer {
+		return true
+	}
+	e.pin.Lock()
+	defer e.pin.Unlock()
+	if e.gone {
+		return false
+	}
+	e.readers++
+	return true
+}
+
+// endRead is the other half of startRead: the last reader of an entry that
+// left the cache gives its value's bytes back to the region's bound.
+func (e *cached) endRead(rr *regionReads) {
+	if len(e.body) <= smallAnswer {
+		return
+	}
+	e.pin.Lock()
+	defer e.pin.Unlock()
+	if e.readers--; e.readers == 0 && e.held > 0 {
+		rr.held.Add(-e.held)
+		e.held = 0
+	}
+}
+
+// left is told that the entry has left the cache: its readers' hold on
+// its value now counts against the region's bound, or, if the bound
+// cannot take it, their answers are broken off.
+func (e *cached) left(rr *regionReads) {
+	if len(e.body) <= smallAnswer {
+		return
+	}
+	e.pin.Lock()
+	defer e.pin.Unlock()
+	e.gone = true
+	switch {
+	case e.readers == 0:
+	case rr.reserve("", int64(len(e.body))):
+		e.held = int64(len(e.body))
+	default:
+		e.cut.Store(true)
+		rr.cutOff.Add(1)
+	}
 }
 
 // wrote records a write (set or delete) of an item through this gateway,
@@ -524,12 +620,12 @@ func (rr *regionReads) stop() {
 // cacheStats are a region's read figures, summed over its caches.
 type cacheStats struct {
 	hits, misses, coalesced, stale, renewals, evictions, bytes int64
-	unshared, held                                             int64
+	unshared, held, cutOff                                     int64
 }
 
 func (rr *regionReads) stats() cacheStats {
 	s := cacheStats{hits: rr.hits.Load(), misses: rr.misses.Load(), coalesced: rr.coalesced.Load(), stale: rr.stale.Load(), renewals: rr.renewals.Load(),
-		unshared: rr.unshared.Load(), held: rr.held.Load()}
+		unshared: rr.unshared.Load(), held: rr.held.Load(), cutOff: rr.cutOff.Load()}
 	rr.mu.Lock()
 	defer rr.mu.Unlock()
 	for _, lc := range rr.caches {

@@ -1,6 +1,7 @@
 package momento
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -833,5 +834,61 @@ func TestAnAbandonedFlightIsNotJoined(t *testing.T) {
 	}
 	if _, _, body, whole := f1.result(); whole {
 		t.Fatalf("the abandoned call's %d bytes were taken for a whole answer", len(body))
+	}
+}
+
+// A client being sent a large cached value keeps that value in memory even
+// after its entry leaves the cache, which then no longer counts it. So the
+// value counts against the region's bound on what shared calls hold until
+// the client has it; when the bound cannot take it, the client's answer is
+// broken off, and it reads again. (Before, nothing counted it: slow
+// clients could keep any number of values the cache had let go.)
+func TestValuesLeavingTheCacheWhileReadCountAgainstTheBound(t *testing.T) {
+	up := largeAnswersRegion(t)
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\ttimeout 10s\n\t\tlocal_cache {\n\t\t\tmax_age 1m\n\t\t\tmax_size 12MiB\n\t\t}\n\t}")
+	rs := pooledRegionState(t, "r", up.URL)
+	const size = 8 << 20
+	answer := func(conn net.Conn) (n int64, err error) {
+		t.Helper()
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			return 0, err
+		}
+		if cs := resp.Header.Get("Cache-Status"); resp.StatusCode != 200 || !strings.HasPrefix(cs, "momento-gateway; hit") {
+			t.Fatalf("a slow client's read: %d, Cache-Status %q, want a hit", resp.StatusCode, cs)
+		}
+		return io.Copy(io.Discard, resp.Body)
+	}
+
+	// A slow client reads a cached value; a write through the gateway
+	// makes the cache forget it: the slow client's copy now counts.
+	expect(t, g.get("/cache/c?key=large-a"), 200, "01234567")
+	// (256 KiB: with the gateway's socket buffer, well short of the value,
+	// yet enough for the client to read at full speed when it does.)
+	slow := slowClientFrom(t, g, "/cache/c?key=large-a", 256<<10, nil)
+	waitFor(t, func() bool { return rs.reads.stats().hits == 1 })
+	expect(t, g.put("/cache/c?key=large-a&ttl_seconds=60", "written"), 204, "")
+	waitFor(t, func() bool { return rs.reads.held.Load() == size })
+	// It reads its whole answer, and the bytes are given back.
+	if n, err := answer(slow); n != size || err != nil {
+		t.Fatalf("the slow client got %d bytes (%v), want %d", n, err, size)
+	}
+	waitFor(t, func() bool { return rs.reads.held.Load() == 0 })
+
+	// With the bound full (as slow clients of shared calls hold it), a
+	// value that leaves the cache while read cannot be kept: its slow
+	// client's answer is broken off.
+	expect(t, g.get("/cache/c?key=large-b"), 200, "01234567")
+	rs.reads.held.Add(maxHeldBytes)
+	defer rs.reads.held.Add(-maxHeldBytes)
+	slow = slowClientFrom(t, g, "/cache/c?key=large-b", 256<<10, nil)
+	waitFor(t, func() bool { return rs.reads.stats().hits == 2 })
+	expect(t, g.put("/cache/c?key=large-b&ttl_seconds=60", "written"), 204, "") // the cache forgets it
+	waitFor(t, func() bool { return rs.reads.stats().cutOff == 1 })
+	if n, err := answer(slow); n >= size || err == nil {
+		t.Errorf("with the bound full, the slow client got %d bytes (%v), want its answer broken off", n, err)
+	}
+	if held := rs.reads.held.Load(); held != maxHeldBytes {
+		t.Errorf("held %d bytes, want the bound's %d (nothing more counted)", held, maxHeldBytes)
 	}
 }
