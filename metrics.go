@@ -133,7 +133,11 @@ var (
 		[]string{"region"}, nil)
 	heldBytesDesc = prometheus.NewDesc(
 		"caddy_momento_shared_calls_held_bytes",
-		"Bytes of answers the region's shared calls hold for their clients, within 64 MiB per region.",
+		"Bytes of answers the region's shared calls hold for their clients, and of large values still being sent after they left a local cache, within 64 MiB per region.",
+		[]string{"region"}, nil)
+	cutOffDesc = prometheus.NewDesc(
+		"caddy_momento_local_cache_cut_off_total",
+		"Large values that left a local cache while clients were still being sent them, and that the 64 MiB bound could not take: those clients' answers were broken off.",
 		[]string{"region"}, nil)
 	evictionsDesc = prometheus.NewDesc(
 		"caddy_momento_local_cache_evictions_total",
@@ -154,6 +158,7 @@ func (c regionGauges) Describe(ch chan<- *prometheus.Desc) {
 	ch <- renewalsDesc
 	ch <- unsharedDesc
 	ch <- heldBytesDesc
+	ch <- cutOffDesc
 	ch <- evictionsDesc
 	ch <- cachedBytesDesc
 }
@@ -171,6 +176,7 @@ func (c regionGauges) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(renewalsDesc, prometheus.CounterValue, float64(st.renewals), rg.name)
 		ch <- prometheus.MustNewConstMetric(unsharedDesc, prometheus.CounterValue, float64(st.unshared), rg.name)
 		ch <- prometheus.MustNewConstMetric(heldBytesDesc, prometheus.GaugeValue, float64(st.held), rg.name)
+		ch <- prometheus.MustNewConstMetric(cutOffDesc, prometheus.CounterValue, float64(st.cutOff), rg.name)
 		ch <- prometheus.MustNewConstMetric(evictionsDesc, prometheus.CounterValue, float64(st.evictions), rg.name)
 		ch <- prometheus.MustNewConstMetric(cachedBytesDesc, prometheus.GaugeValue, float64(st.bytes), rg.name)
 	}
