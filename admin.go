@@ -92,12 +92,12 @@ type ReadCounts struct {
 	// bounds on what shared calls hold were reached (in misses too).
 	Unshared int64 `json:"unshared"`
 	// Bytes of answers the region's shared calls hold, and of large values
-	// still being sent to clients after they left a local cache, within
-	// 64 MiB.
+	// still being sent to clients after they left a local cache: within
+	// 64 MiB, but for such values past it while their clients are cut off.
 	HeldBytes int64 `json:"held_bytes"`
 	// Large values that left a local cache while clients were still being
-	// sent them, when the 64 MiB could not take them: those clients' answers
-	// were broken off (they read again).
+	// sent them, past the 64 MiB: those clients' answers were broken off
+	// (they read again).
 	CutOff int64 `json:"cut_off_values"`
 	// Entries the local caches dropped for room.
 	Evictions int64 `json:"evictions"`

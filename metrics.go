@@ -133,7 +133,7 @@ var (
 		[]string{"region"}, nil)
 	heldBytesDesc = prometheus.NewDesc(
 		"caddy_momento_shared_calls_held_bytes",
-		"Bytes of answers the region's shared calls hold for their clients, and of large values still being sent after they left a local cache, within 64 MiB per region.",
+		"Bytes of answers the region's shared calls hold for their clients, and of large values still being sent after they left a local cache: within 64 MiB per region, but for such values past it while their clients are cut off.",
 		[]string{"region"}, nil)
 	cutOffDesc = prometheus.NewDesc(
 		"caddy_momento_local_cache_cut_off_total",

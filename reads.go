@@ -347,10 +347,20 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 	rr := &rg.state.reads
 	key := readKey{c.cache, c.key}
 	lc := h.localCaches[rg.state] // nil without local_cache
+	// entry is the item's cached answer while this read may still answer
+	// with it (fresh, or stale when the region fails); letGo lets go of it
+	// as soon as it cannot, so that a long miss does not keep its value in
+	// memory.
 	var entry *cached
+	letGo := func() {
+		if entry != nil {
+			entry.endRead(rr)
+			entry = nil
+		}
+	}
+	defer letGo()
 	if lc != nil {
 		if e, ok := lc.store.GetIfPresent(key); ok && !e.mark && e.startRead() {
-			defer e.endRead(rr)
 			entry = e
 			if age := time.Since(e.fetched); age <= lc.set.maxAge && (e.expires.IsZero() || time.Now().Before(e.expires)) {
 				rr.hits.Add(1)
@@ -362,6 +372,9 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 			}
 		}
 	}
+	if entry != nil && !entry.keptStale(lc) {
+		letGo()
+	}
 	f, joined, rf := rr.join(h, r, c)
 	if rf != nil {
 		return rf.write(w), false
@@ -369,6 +382,7 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 	if f == nil {
 		// Past the bounds on what shared calls hold: a call of its own,
 		// streamed at its pace.
+		letGo()
 		return h.ownCall(w, r, c)
 	}
 	left, entered := false, ""
@@ -398,16 +412,17 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 			left = true
 			f.leave(false, "")
 			rr.coalesced.Add(-1)
+			letGo()
 			return h.ownCall(w, r, c)
 		}
 		entered = client
 	}
-	if st >= 500 && entry != nil && lc != nil && time.Since(entry.fetched) <= lc.set.keep &&
-		(entry.expires.IsZero() || time.Now().Before(entry.expires)) {
+	if st >= 500 && entry != nil && entry.keptStale(lc) {
 		// The region fails: the last answer, marked stale.
 		rr.stale.Add(1)
 		return writeCached(w, entry, "fwd=stale; fwd-status="+strconv.Itoa(st)+"; detail=stale-if-error")
 	}
+	letGo()
 	fwd := "fwd=miss"
 	if joined {
 		fwd += "; collapsed"
@@ -426,6 +441,13 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 			rr.fill(lc, f, key, st, body, hdr["Content-Type"])
 		}
 	})
+}
+
+// keptStale reports whether the entry may still be answered, stale, when
+// the region fails (stale_if_error), and within the TTL a write through
+// the gateway left.
+func (e *cached) keptStale(lc *localCache) bool {
+	return time.Since(e.fetched) <= lc.set.keep && (e.expires.IsZero() || time.Now().Before(e.expires))
 }
 
 // ownCall serves a GET with a call of its own, not shared: past the bounds
@@ -507,9 +529,11 @@ func writeCached(w http.ResponseWriter, e *cached, cacheStatus string) (status i
 // entry counts its readers, and when it leaves the cache while it has
 // some, its value is counted against the region's bound on what shared
 // calls hold (maxHeldBytes) until the last of them is done. If the bound
-// cannot take it, the readers' answers are broken off at their next part
-// (a stalled one within clientStall): they read again, and get the item
-// anew. Small values (see smallAnswer) are not counted, as elsewhere.
+// cannot take it, it is counted past it, and the readers' answers are
+// broken off at their next part (a stalled one within clientStall): they
+// read again, and get the item anew. A read lets go of a cached entry as
+// soon as it cannot answer with it (see Handler.read). Small values (see
+// smallAnswer) are not counted, as elsewhere.
 
 // startRead registers a client that may be sent the entry's value. False:
 // the entry has left the cache already, and the client reads as on a
@@ -551,11 +575,16 @@ func (e *cached) left(rr *regionReads) {
 	e.pin.Lock()
 	defer e.pin.Unlock()
 	e.gone = true
-	switch {
-	case e.readers == 0:
-	case rr.reserve("", int64(len(e.body))):
-		e.held = int64(len(e.body))
-	default:
+	if e.readers == 0 {
+		return
+	}
+	e.held = int64(len(e.body))
+	if !rr.reserve("", e.held) {
+		// Past the bound, it is counted all the same (it is in memory until
+		// its readers are gone), and its readers are cut off. Meanwhile the
+		// bound is full: no large answer is kept or cached anew, so what can
+		// be held past the bound is at most what the cache held.
+		rr.held.Add(e.held)
 		e.cut.Store(true)
 		rr.cutOff.Add(1)
 	}
