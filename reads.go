@@ -155,7 +155,10 @@ type clientHeld struct {
 func (rr *regionReads) reserve(client string, n int64) bool {
 	rr.heldMu.Lock()
 	defer rr.heldMu.Unlock()
-	if rr.held.Load()+n > maxHeldBytes || client != "" && !rr.fits(client, n) {
+	// (Nothing to hold, as for a small answer, always fits the region's
+	// bound: the bound may be past its limit while values that left the
+	// cache are being read, see cached.left.)
+	if n > 0 && rr.held.Load()+n > maxHeldBytes || client != "" && !rr.fits(client, n) {
 		return false
 	}
 	rr.held.Add(n)

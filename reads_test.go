@@ -895,4 +895,15 @@ func TestValuesLeavingTheCacheWhileReadCountAgainstTheBound(t *testing.T) {
 		t.Errorf("with the bound full, the slow client got %d bytes (%v), want its answer broken off", n, err)
 	}
 	waitFor(t, func() bool { return rs.reads.held.Load() == maxHeldBytes })
+
+	// Held past the bound (as while such clients are being cut off), the
+	// region still shares and caches small values.
+	rs.reads.held.Add(size)
+	defer rs.reads.held.Add(-size)
+	expect(t, g.put("/cache/c?key=small&ttl_seconds=60", "v"), 204, "")
+	for i, want := range []string{"momento-gateway; fwd=miss", "momento-gateway; hit"} {
+		if r := g.get("/cache/c?key=small"); r.status != 200 || !strings.HasPrefix(r.header.Get("Cache-Status"), want) {
+			t.Errorf("read %d of a small item with the bound past its limit: %d, Cache-Status %q, want %q", i+1, r.status, r.header.Get("Cache-Status"), want)
+		}
+	}
 }
