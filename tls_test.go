@@ -87,6 +87,17 @@ func TestOverHTTPSWithEachProtocol(t *testing.T) {
 				t.Fatalf("cached read: %d bytes, Cache-Status %q", len(r.body), r.header.Get("Cache-Status"))
 			}
 
+			// A long poll on this protocol waits for the next message, and
+			// gets it (the gateway writes the answer after the wait).
+			// (The previous protocol's stream may still be leaving: the
+			// count of waiting clients is the process's.)
+			waitFor(t, func() bool { return waiters.total.Load() == 0 })
+			polled := make(chan response, 1)
+			go func() { polled <- g.get("/topics/c/polled") }()
+			waitFor(t, func() bool { return waiters.total.Load() == 1 })
+			expect(t, g.publish("/topics/c/polled", "text/plain", "news"), http.StatusNoContent, "")
+			expect(t, <-polled, http.StatusOK, `"text":"news"`)
+
 			// Server-Sent Events: the stream's headers, then each message
 			// published as an event, on this protocol.
 			req, _ := http.NewRequest(http.MethodGet, g.base+"/topics/c/feed", nil)
