@@ -423,7 +423,7 @@ func (h *Handler) roundTripFailed(ctx context.Context, w http.ResponseWriter, r 
 		w.WriteHeader(499)
 		return 499, errExcluded
 	case body != nil && body.state.Load() == bodyFailed:
-		return refuse(http.StatusBadRequest, "reading the request body failed; nothing was stored").write(w), errExcluded
+		return refuse(http.StatusBadRequest, "reading the request body failed; "+nothingDone(c.op)).write(w), errExcluded
 	case !ex.dialed.Load() && !ex.wrote.Load():
 		// Nothing reached the network: the request could not be built. A
 		// bug of the gateway's, or a request it should have refused, and

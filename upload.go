@@ -199,10 +199,7 @@ const maxProbeUploadBytes = 16 << 20
 // back what the upload reserved of maxProbeUploadBytes, once the upstream
 // exchange no longer needs the bytes.
 func (h *Handler) wholeUpload(r *http.Request, c *call, body *limitedBody, rg *region) (whole []byte, release func(), rf *refusal) {
-	nothing := "nothing was stored"
-	if c.op == opPublish {
-		nothing = "nothing was published"
-	}
+	nothing := nothingDone(c.op)
 	n := body.limit
 	if c.bodySize >= 0 {
 		n = min(c.bodySize, body.limit)
@@ -237,4 +234,13 @@ func (h *Handler) wholeUpload(r *http.Request, c *call, body *limitedBody, rg *r
 		return nil, nil, &refusal{status: 499} // the client went away; for the access log
 	}
 	return nil, nil, refuse(http.StatusBadRequest, "reading the request body failed; "+nothing)
+}
+
+// nothingDone tells the client of an upload that failed that it left no
+// trace: a set stored nothing, a publish published nothing.
+func nothingDone(o op) string {
+	if o == opPublish {
+		return "nothing was published"
+	}
+	return "nothing was stored"
 }
