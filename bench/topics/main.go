@@ -26,7 +26,6 @@ import (
 	"net/http"
 	"os"
 	"regexp"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -46,7 +45,6 @@ func main() {
 	label := flag.String("label", "", "a label for the result line")
 	clientKind := flag.String("client", "raw", "how long polls are sent: raw (HTTP/1.1 written directly, one connection per subscriber) or nethttp (net/http's client)")
 	steadyState := flag.Bool("steady", true, "measure the steady state too (once every message is delivered and every subscriber waits again), then publish one more message, \"end\", to release them; off for 1:1 forwarding, whose subscribers cannot all wait at once")
-	cpuProfile := flag.String("cpuprofile", "", "write the tool's own CPU profile (from the first publish to the last answer) to this file")
 	flag.Parse()
 
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: *n + 10, MaxConnsPerHost: 0, DisableCompression: true}}
@@ -101,16 +99,6 @@ func main() {
 	time.Sleep(2 * time.Second)
 	waiting := gatewayFigures(*admin, *pid)
 
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
-		if err != nil {
-			log.Fatal(err)
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			log.Fatal(err)
-		}
-		defer pprof.StopCPUProfile()
-	}
 	for i := range *messages {
 		sentMu.Lock()
 		sent[i] = time.Now()
@@ -235,24 +223,27 @@ func subscribeLongPollRaw(ctx context.Context, base, path string, want int, read
 		}
 		stop := context.AfterFunc(ctx, func() { conn.Close() })
 		br := bufio.NewReader(conn)
-		var req, buf []byte
+		var req []byte
 		for cur.received < want {
 			req = fmt.Appendf(req[:0], "GET %s%s HTTP/1.1\r\nHost: %s\r\n\r\n", path, cur.query(), host)
 			if _, err = conn.Write(req); err != nil {
 				break
 			}
-			status, body, closing, err := readAnswer(br, buf)
+			resp, err := http.ReadResponse(br, nil)
 			if err != nil {
 				break
 			}
-			buf = body
-			count(status)
-			if status != 200 {
+			body, err := io.ReadAll(resp.Body)
+			if err != nil {
+				break
+			}
+			count(resp.StatusCode)
+			if resp.StatusCode != 200 {
 				time.Sleep(time.Second)
-			} else if !cur.applyFast(body, got) {
+			} else {
 				cur.apply(body, got)
 			}
-			if closing {
+			if resp.Close {
 				break
 			}
 		}
