@@ -42,6 +42,11 @@ type BreakerConfig struct {
 	// Probe requests allowed while half-open; that many successes in a row
 	// close the breaker, one failure opens it again. Default: 1.
 	HalfOpenRequests uint32 `json:"half_open_requests,omitempty"`
+
+	// While half-open, how long an upload may take to arrive whole before
+	// it may probe (see probeUploadWait); one that takes longer is refused
+	// with 503 and Retry-After. Default: 1s.
+	ProbeUploadWait caddy.Duration `json:"probe_upload_wait,omitempty"`
 }
 
 // Breaker defaults, as documented on BreakerConfig.
@@ -51,6 +56,7 @@ const (
 	defaultWindow           = 60 * time.Second
 	defaultOpenFor          = 30 * time.Second
 	defaultHalfOpenRequests = 1
+	defaultProbeUploadWait  = time.Second
 )
 
 // withDefaults returns a copy of c (which may be nil) with unset fields at
@@ -65,6 +71,7 @@ func (c *BreakerConfig) withDefaults() BreakerConfig {
 	out.Window = cmp.Or(out.Window, caddy.Duration(defaultWindow))
 	out.OpenFor = cmp.Or(out.OpenFor, caddy.Duration(defaultOpenFor))
 	out.HalfOpenRequests = cmp.Or(out.HalfOpenRequests, defaultHalfOpenRequests)
+	out.ProbeUploadWait = cmp.Or(out.ProbeUploadWait, caddy.Duration(defaultProbeUploadWait))
 	return out
 }
 
@@ -81,6 +88,8 @@ func (c *BreakerConfig) validate(prefix string) error {
 		return fieldErrorf(prefix+".window", "breaker window %s must be positive", time.Duration(c.Window))
 	case c.OpenFor < 0:
 		return fieldErrorf(prefix+".open_for", "breaker open_for %s must be positive", time.Duration(c.OpenFor))
+	case c.ProbeUploadWait < 0:
+		return fieldErrorf(prefix+".probe_upload_wait", "breaker probe_upload_wait %s must be positive", time.Duration(c.ProbeUploadWait))
 	}
 	return nil
 }
@@ -117,6 +126,8 @@ type breaker struct {
 	// gobreaker clears its counts on every state change.
 	tripCounts atomic.Pointer[gobreaker.Counts]
 	openFor    atomic.Int64 // nanoseconds
+	// probeUploadWait is the settings' probe_upload_wait, in nanoseconds.
+	probeUploadWait atomic.Int64
 
 	logger atomic.Pointer[zap.Logger]
 }
@@ -136,6 +147,7 @@ func (b *breaker) configure(cfg BreakerConfig) {
 	b.minRequests.Store(cfg.MinRequests)
 	b.ratioBits.Store(math.Float64bits(cfg.FailureRatio))
 	b.openFor.Store(int64(cfg.OpenFor))
+	b.probeUploadWait.Store(int64(cfg.ProbeUploadWait))
 
 	b.mu.Lock()
 	defer b.mu.Unlock()

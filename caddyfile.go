@@ -133,6 +133,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 //			window <duration>
 //			open_for <duration>
 //			half_open_requests <n>
+//			probe_upload_wait <duration>
 //		}
 //		allow {
 //			caches <glob...>
@@ -443,8 +444,12 @@ func (b *block) breaker(field string, c *BreakerConfig) error {
 			if err := b.durationArg(field+".open_for", &c.OpenFor); err != nil {
 				return err
 			}
+		case "probe_upload_wait":
+			if err := b.durationArg(field+".probe_upload_wait", &c.ProbeUploadWait); err != nil {
+				return err
+			}
 		default:
-			return d.Errf("unknown subdirective %q in breaker (expected failures, failure_ratio, min_requests, window, open_for or half_open_requests)", name)
+			return d.Errf("unknown subdirective %q in breaker (expected failures, failure_ratio, min_requests, window, open_for, half_open_requests or probe_upload_wait)", name)
 		}
 	}
 	return nil

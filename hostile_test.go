@@ -258,7 +258,7 @@ func TestAnOpenBreakerAnswersAnUploadAtOnce(t *testing.T) {
 // retry.
 func TestATricklingUploadCannotHoldTheProbe(t *testing.T) {
 	sw, _, up := switchedRegion(t)
-	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\ttimeout 10s\n\t\tbreaker {\n\t\t\tfailures 1\n\t\t\topen_for 100ms\n\t\t}\n\t}")
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\ttimeout 10s\n\t\tbreaker {\n\t\t\tfailures 1\n\t\t\topen_for 50ms\n\t\t\tprobe_upload_wait 400ms\n\t\t}\n\t}")
 	b := pooledBreaker(t, "r", up.URL)
 	failThenRecover := func() {
 		sw.set("500", nil)
@@ -313,6 +313,9 @@ func TestATricklingUploadCannotHoldTheProbe(t *testing.T) {
 		t.Fatalf("breaker %v after an upload probed it, want closed", st)
 	}
 	expect(t, g.get("/cache/c?key=whole"), http.StatusOK, "all of it")
+	if n := pooledRegionState(t, "r", up.URL).probeUploads.Load(); n != 3*5000000 {
+		t.Fatalf("%d bytes of uploads being read whole, want the three trickles' (probe_upload_wait ran out before the test was done?)", n)
+	}
 
 	// Each trickle is told to retry, and its connection is closed.
 	for _, br := range trickles {

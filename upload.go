@@ -179,14 +179,16 @@ func (h *Handler) uploadTooLarge(c *call) *refusal {
 }
 
 // probeUploadWait is how long an upload may take to arrive whole while its
-// region's breaker is half-open. Then the region takes only a few probes
-// (half_open_requests), and an upload sent as it arrives would hold its
-// probe slot at the client's pace: a client trickling its body could keep
-// a recovered region's breaker from closing for as long as it liked. So an
-// upload probes only once it is whole, read into memory first; one that
-// takes longer is refused with Retry-After, and sent as it arrives once
-// the breaker has closed.
-const probeUploadWait = time.Second
+// region's breaker is half-open (the breaker's probe_upload_wait). Then
+// the region takes only a few probes (half_open_requests), and an upload
+// sent as it arrives would hold its probe slot at the client's pace: a
+// client trickling its body could keep a recovered region's breaker from
+// closing for as long as it liked. So an upload probes only once it is
+// whole, read into memory first; one that takes longer is refused with
+// Retry-After, and sent as it arrives once the breaker has closed.
+func probeUploadWait(rg *region) time.Duration {
+	return time.Duration(rg.state.breaker.probeUploadWait.Load())
+}
 
 // maxProbeUploadBytes bounds the uploads a region reads whole at once
 // while its breaker is half-open (each reserves its Content-Length, or its
@@ -210,7 +212,8 @@ func (h *Handler) wholeUpload(r *http.Request, c *call, body *limitedBody, rg *r
 			"region %s is recovering (its circuit breaker is half-open), and takes uploads only once they have arrived whole; too many are arriving now; %s; retry in 1 s", rg.name, nothing)}
 	}
 	release = func() { rg.state.probeUploads.Add(-n) }
-	timer := time.AfterFunc(probeUploadWait, body.abort)
+	wait := probeUploadWait(rg)
+	timer := time.AfterFunc(wait, body.abort)
 	buf := bytes.NewBuffer(make([]byte, 0, min(max(c.bodySize, 0), body.limit+1, 64<<10)))
 	_, err := buf.ReadFrom(body)
 	timedOut := !timer.Stop()
@@ -229,7 +232,7 @@ func (h *Handler) wholeUpload(r *http.Request, c *call, body *limitedBody, rg *r
 		return nil, nil, h.uploadTooLarge(c)
 	case timedOut:
 		return nil, nil, &refusal{status: http.StatusServiceUnavailable, retryAfter: time.Second, msg: fmt.Sprintf(
-			"region %s is recovering (its circuit breaker is half-open) and takes an upload only once it has arrived whole, within %s; %s; retry in 1 s", rg.name, probeUploadWait, nothing)}
+			"region %s is recovering (its circuit breaker is half-open) and takes an upload only once it has arrived whole, within %s; %s; retry in 1 s", rg.name, wait, nothing)}
 	case r.Context().Err() != nil:
 		return nil, nil, &refusal{status: 499} // the client went away; for the access log
 	}
