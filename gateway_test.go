@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/momento-gateway/caddy-momento/momentolocal"
 	"github.com/sony/gobreaker/v2"
 )
 
@@ -346,6 +347,39 @@ func TestClientErrorsAndThrottlingAreNotFailures(t *testing.T) {
 	}
 	if n := up.hits.Load(); n != 10 {
 		t.Fatalf("upstream saw %d requests, want 10: 4xx must not open the breaker", n)
+	}
+}
+
+// A region past its account's operations a second answers 429 without
+// Retry-After, as Momento does: the client is told when to retry all the
+// same, reads the region's own message, and the breaker counts nothing.
+func TestTheRegionsRateLimitReachesClientsWithRetryAfter(t *testing.T) {
+	lh, err := momentolocal.New(momentolocal.Handler{Token: "t", MaxOpsPerSecond: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lh.Close() })
+	up := newUpstream(t, lh.HTTPHandler())
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\tbreaker {\n\t\t\tfailures 1\n\t\t}\n\t}")
+	refused := 0
+	for i := range 10 {
+		r := g.put(fmt.Sprintf("/cache/c?key=k%d&ttl_seconds=60", i), "v")
+		switch r.status {
+		case http.StatusNoContent:
+		case http.StatusTooManyRequests:
+			refused++
+			if r.header.Get("Retry-After") != "1" || !strings.Contains(r.body, "max_ops_per_second") {
+				t.Fatalf("the region's 429: Retry-After %q, %q", r.header.Get("Retry-After"), r.body)
+			}
+		default:
+			t.Fatalf("write %d: %d %q", i, r.status, r.body)
+		}
+	}
+	if refused == 0 {
+		t.Fatal("ten writes at once to a region that takes three a second: none refused")
+	}
+	if c := pooledBreaker(t, "r", up.URL).counts(); c.TotalFailures != 0 {
+		t.Fatalf("the region's 429 counted against it: %+v", c)
 	}
 }
 

@@ -339,14 +339,21 @@ func copyAnswerHeaders(dst, src http.Header, c *call, status int) {
 			dst[k] = v
 		}
 	}
-	if v := src["Retry-After"]; len(v) > 0 && (status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable) {
-		dst["Retry-After"] = v
+	if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
+		// Momento documents no Retry-After on its 429 (its account limits
+		// are so many a second) and 503: a client is told when to come
+		// back all the same, as for the gateway's own limits.
+		dst["Retry-After"] = oneSecond
+		if v := src["Retry-After"]; len(v) > 0 {
+			dst["Retry-After"] = v
+		}
 	}
 	dst["Content-Type"] = answerType(c, src.Get("Content-Type"), status)
 	dst["X-Content-Type-Options"] = noSniff
 }
 
 var (
+	oneSecond   = []string{"1"}
 	octetStream = []string{"application/octet-stream"}
 	jsonType    = []string{"application/json"}
 )
