@@ -36,7 +36,10 @@ import (
 
 // This file holds the test harness: a real Caddy, loaded in process from a
 // Caddyfile and listening on loopback, in front of real upstreams (the
-// embedded backend, or servers that fail on purpose).
+// embedded backend, or servers that fail on purpose). It links the Caddy
+// modules the tests' Caddyfiles use, not all of modules/standard: a smaller
+// test binary links faster on every `go test ./...`. A Caddyfile that needs
+// another fails to adapt, naming the directive.
 
 // upstream is an HTTP server on loopback that counts what reaches it and
 // remembers the last request's credentials.
