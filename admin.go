@@ -71,6 +71,10 @@ type RegionStatus struct {
 	TopicWaiters int `json:"topic_waiters"`
 	// How GETs were served since the process started.
 	Reads ReadCounts `json:"reads"`
+	// The cache operations and publishes a second the gateway sends the
+	// region, and the clients it refused for them.
+	CacheOperations BudgetStatus `json:"cache_operations"`
+	Publishes       BudgetStatus `json:"publishes"`
 }
 
 // ReadCounts say how a region's GETs were served.
@@ -135,6 +139,8 @@ func statusOf(rg *region) RegionStatus {
 	rd := rg.state.reads.stats()
 	rs.Reads = ReadCounts{Hits: rd.hits, Misses: rd.misses, Coalesced: rd.coalesced, Stale: rd.stale, Renewals: rd.renewals,
 		Saved: rd.hits + rd.coalesced - rd.renewals, Unshared: rd.unshared, HeldBytes: rd.held, CutOff: rd.cutOff, Evictions: rd.evictions, CachedBytes: rd.bytes}
+	rs.CacheOperations = rg.state.ops.status(rg.maxOpsPerSecond, time.Now())
+	rs.Publishes = rg.state.publishes.status(rg.maxPublishesPerSecond, time.Now())
 	if st == gobreaker.StateOpen {
 		rs.RetryAfterSeconds = retryAfterSeconds(b.retryAfter(time.Now()))
 	}

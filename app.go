@@ -252,9 +252,11 @@ type regionState struct {
 	// probeUploads counts the bytes of uploads read whole before they may
 	// probe the half-open breaker (see probeUploadWait).
 	probeUploads atomic.Int64
-	breaker      *breaker
-	transport    *http.Transport
-	longPoll     *http.Transport // subscribes
+	// ops and publishes meter the calls a second sent to the region.
+	ops, publishes budget
+	breaker        *breaker
+	transport      *http.Transport
+	longPoll       *http.Transport // subscribes
 }
 
 // Destruct ends the region's topic hubs and closes its idle upstream
@@ -279,6 +281,8 @@ func (rg *region) stateKey() string { return rg.name + " " + rg.endpoint }
 func (rg *region) attach(logger *zap.Logger) error {
 	val, loaded, err := regionStates.LoadOrNew(rg.stateKey(), func() (caddy.Destructor, error) {
 		return &regionState{
+			ops:       budget{kind: budgetOps},
+			publishes: budget{kind: budgetPublishes},
 			breaker:   newBreaker(rg.name, rg.breaker, logger),
 			transport: newTransport(),
 			longPoll:  newTransport(),

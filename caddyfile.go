@@ -52,6 +52,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //				token    <token>
 //				breaker { … }
 //				max_subscriptions <n>
+//				max_ops_per_second <n>
+//				max_publishes_per_second <n>
 //			}
 //			max_waiting <n>
 //			max_waiting_per_client <n>
@@ -118,6 +120,8 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 //			token    <token>
 //			breaker { … }
 //			max_subscriptions <n>
+//			max_ops_per_second <n>
+//			max_publishes_per_second <n>
 //		}
 //		region <name>            # a region of the global momento options
 //		default_region <name>
@@ -390,8 +394,12 @@ func (b *block) region(field string) (RegionConfig, error) {
 			}
 		case "max_subscriptions":
 			err = b.countArg(field+".max_subscriptions", &rc.MaxSubscriptions)
+		case "max_ops_per_second":
+			err = b.countArg(field+".max_ops_per_second", &rc.MaxOpsPerSecond)
+		case "max_publishes_per_second":
+			err = b.countArg(field+".max_publishes_per_second", &rc.MaxPublishesPerSecond)
 		default:
-			return rc, d.Errf("unknown subdirective %q in region %q (expected endpoint, token, breaker or max_subscriptions)", name, rc.Name)
+			return rc, d.Errf("unknown subdirective %q in region %q (expected endpoint, token, breaker, max_subscriptions, max_ops_per_second or max_publishes_per_second)", name, rc.Name)
 		}
 		if err != nil {
 			return rc, err

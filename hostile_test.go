@@ -11,8 +11,10 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -748,6 +750,131 @@ func TestOneClientCannotSpendTheRegionForOthers(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusNoContent {
 		t.Fatalf("another address got %d", resp.StatusCode)
+	}
+}
+
+// fromAddress is g as seen from another client address on loopback
+// (127.0.0.2, say): Linux routes all of 127/8 to lo.
+func (g *gateway) fromAddress(ip string) *gateway {
+	other := *g
+	other.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}).DialContext}}
+	return &other
+}
+
+// flood sends requests from four connections of g's client until the test
+// ends, and counts the answers by status and whether the gateway (not the
+// region) refused them.
+func flood(t *testing.T, g *gateway, req func(i int) *http.Request) (statuses *sync.Map) {
+	t.Helper()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	statuses = new(sync.Map)
+	for w := range 4 {
+		wg.Go(func() {
+			for i := w; ; i += 4 {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp, err := g.client.Do(req(i))
+				if err != nil {
+					continue
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				key := strconv.Itoa(resp.StatusCode)
+				if resp.StatusCode == http.StatusTooManyRequests && strings.Contains(string(b), "shared among the clients") {
+					key += " gateway Retry-After " + resp.Header.Get("Retry-After")
+				}
+				n, _ := statuses.LoadOrStore(key, new(atomic.Int64))
+				n.(*atomic.Int64).Add(1)
+			}
+		})
+	}
+	t.Cleanup(func() { close(stop); wg.Wait() })
+	return statuses
+}
+
+func counted(m *sync.Map, key string) int64 {
+	if n, ok := m.Load(key); ok {
+		return n.(*atomic.Int64).Load()
+	}
+	return 0
+}
+
+// Momento limits a region's cache operations a second, and answers 429
+// past them. One address writing as fast as it can must not take them all:
+// once the region refuses, the gateway meters its calls at the rate the
+// region took, shares them among the addresses calling, and another
+// address writing now and then is served every time.
+func TestAGreedyClientCannotUseUpTheRegionsOperations(t *testing.T) {
+	lh, err := momentolocal.New(momentolocal.Handler{Token: "t", MaxOpsPerSecond: 60})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lh.Close() })
+	up := newUpstream(t, lh.HTTPHandler())
+	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t}")
+	rs := pooledRegionState(t, "r", up.URL)
+	if st := rs.ops.status(0, time.Now()); st.PerSecond != 0 {
+		t.Fatalf("a region that never refused is metered: %+v", st)
+	}
+	greedy := flood(t, g, func(i int) *http.Request {
+		req, _ := http.NewRequest(http.MethodPut, fmt.Sprintf("%s/cache/c?key=g%d&ttl_seconds=60", g.base, i), strings.NewReader("v"))
+		return req
+	})
+	// The region refuses the flood; the gateway learns its rate, and
+	// refuses the flood itself.
+	waitFor(t, func() bool {
+		st := rs.ops.status(0, time.Now())
+		return st.Learned && counted(greedy, "429 gateway Retry-After 1") > 0
+	})
+	// The budget starts empty, as the region's own bucket is when it
+	// refuses; the flood is held back from its reserve as it fills.
+	waitFor(t, func() bool {
+		rs.ops.mu.Lock()
+		defer rs.ops.mu.Unlock()
+		return rs.ops.tokens+time.Since(rs.ops.at).Seconds()*rs.ops.rate >= max(1, rs.ops.rate/5)
+	})
+	polite := g.fromAddress("127.0.0.2")
+	for i := range 5 {
+		expect(t, polite.put(fmt.Sprintf("/cache/c?key=p%d&ttl_seconds=60", i), "v"), http.StatusNoContent, "")
+		time.Sleep(50 * time.Millisecond) // the polite client's pace
+	}
+	if n := counted(greedy, "204"); n == 0 {
+		t.Error("the flooding client got nothing through: it should get what the others leave")
+	}
+}
+
+// With the account's limit configured, the gateway meters from the first
+// call: the region never sees more, and the calls are shared likewise.
+func TestAConfiguredLimitIsSharedAmongClients(t *testing.T) {
+	up, _ := localUpstream(t, "t")
+	g := startGateway(t, "\tmomento {\n\t\tregion r {\n\t\t\tendpoint "+up.URL+"\n\t\t\ttoken t\n\t\t\tmax_publishes_per_second 20\n\t\t}\n\t}")
+	start, before := time.Now(), up.hits.Load()
+	greedy := flood(t, g, func(i int) *http.Request {
+		req, _ := http.NewRequest(http.MethodPost, g.base+"/topics/c/t", strings.NewReader("m"))
+		return req
+	})
+	waitFor(t, func() bool { return counted(greedy, "429 gateway Retry-After 1") > 0 })
+	polite := g.fromAddress("127.0.0.2")
+	for range 3 {
+		expect(t, polite.publish("/topics/c/t", "text/plain", "hello"), http.StatusNoContent, "")
+		time.Sleep(50 * time.Millisecond) // the polite client's pace
+	}
+	r := g.publish("/topics/c/t", "text/plain", "m")
+	expect(t, r, http.StatusTooManyRequests, "region r is at its max_publishes_per_second (20 publishes a second), shared among the clients calling it")
+	if r.header.Get("Retry-After") != "1" {
+		t.Errorf("Retry-After %q", r.header.Get("Retry-After"))
+	}
+	sent, most := up.hits.Load()-before, 20+int64(20*time.Since(start).Seconds())+1
+	if sent > most {
+		t.Errorf("the region took %d publishes in %v: more than 20 a second and a second's burst", sent, time.Since(start))
+	}
+	if rs := pooledRegionState(t, "r", up.URL); rs.publishes.status(20, time.Now()).Refused == 0 {
+		t.Error("the admin API counts no refusals")
 	}
 }
 

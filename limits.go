@@ -155,29 +155,36 @@ var clientOps = sync.OnceValue(func() *otter.Cache[string, *rate.Limiter] {
 // call: longer than a full budget takes to refill.
 const opBudgetIdle = 10 * time.Second
 
-// admitOp takes one call to a region from the client's budget (a token
-// bucket: up to max_ops_per_client calls at once, refilled at
-// max_ops_per_client a second), or refuses it with 429 before anything is
-// sent.
-func (a *App) admitOp(r *http.Request) *refusal {
-	limit := a.limits().maxOpsPerClient
-	if limit <= 0 {
-		return nil
-	}
+// admitOp takes the call c is about to make to its region from the
+// client's budget (a token bucket: up to max_ops_per_client calls at once,
+// refilled at max_ops_per_client a second) and from the region's (see
+// budget.go), or refuses it with 429 before anything is sent.
+func (a *App) admitOp(r *http.Request, c *call) *refusal {
 	client := clientAddress(r)
-	l, _ := clientOps().ComputeIfAbsent(client, func() (*rate.Limiter, bool) {
-		return rate.NewLimiter(rate.Limit(limit), limit), false
-	})
-	if l.Burst() != limit { // a reload changed max_ops_per_client
-		l.SetLimit(rate.Limit(limit))
-		l.SetBurst(limit)
-	}
 	now := time.Now()
-	res := l.ReserveN(now, 1)
-	if wait := res.DelayFrom(now); wait > 0 {
-		res.CancelAt(now)
-		return &refusal{status: http.StatusTooManyRequests, retryAfter: wait,
-			msg: fmt.Sprintf("client %s has used its max_ops_per_client (%d calls a second to the regions); retry in %d s", client, limit, retryAfterSeconds(wait))}
+	var res *rate.Reservation
+	if limit := a.limits().maxOpsPerClient; limit > 0 {
+		l, _ := clientOps().ComputeIfAbsent(client, func() (*rate.Limiter, bool) {
+			return rate.NewLimiter(rate.Limit(limit), limit), false
+		})
+		if l.Burst() != limit { // a reload changed max_ops_per_client
+			l.SetLimit(rate.Limit(limit))
+			l.SetBurst(limit)
+		}
+		res = l.ReserveN(now, 1)
+		if wait := res.DelayFrom(now); wait > 0 {
+			res.CancelAt(now)
+			return &refusal{status: http.StatusTooManyRequests, retryAfter: wait,
+				msg: fmt.Sprintf("client %s has used its max_ops_per_client (%d calls a second to the regions); retry in %d s", client, limit, retryAfterSeconds(wait))}
+		}
+	}
+	if b, configured := c.region.budget(c.op); b != nil {
+		if ok, wait, limit := b.take(client, configured, now); !ok {
+			if res != nil {
+				res.CancelAt(now) // nothing was sent: the client's budget is as it was
+			}
+			return b.refusal(c.region, configured, limit, wait)
+		}
 	}
 	return nil
 }

@@ -296,7 +296,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call) (status
 	case c.op == opSubscribe:
 		return h.subscribe(w, r, c)
 	}
-	if rf := h.app.admitOp(r); rf != nil {
+	if rf := h.app.admitOp(r, c); rf != nil {
 		return rf.write(w), false
 	}
 	return h.proxy(w, r, c)

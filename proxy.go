@@ -203,6 +203,9 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status
 	}
 	ex.timer.Stop()
 	defer resp.Body.Close()
+	if b, configured := rg.budget(c.op); b != nil {
+		b.answered(resp.StatusCode, configured, time.Now())
+	}
 	if resp.StatusCode < 500 && c.op != opSubscribe && rg.state.breaker.probing() {
 		// A probe, and the region answered: say so now. Told after the
 		// client has read the answer, at its own pace, the outcome would

@@ -368,7 +368,7 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 			if age := time.Since(e.fetched); age <= lc.set.maxAge && (e.expires.IsZero() || time.Now().Before(e.expires)) {
 				rr.hits.Add(1)
 				if age > lc.set.renewAfter() && h.coalesce() && !e.renewing.Load() &&
-					h.app.admitOp(r) == nil && e.renewing.CompareAndSwap(false, true) && !rr.renew(h, r, c, lc, key) {
+					h.app.admitOp(r, c) == nil && e.renewing.CompareAndSwap(false, true) && !rr.renew(h, r, c, lc, key) {
 					e.renewing.Store(false) // a later hit tries again
 				}
 				return writeCached(w, e, "hit; ttl="+strconv.FormatInt(int64((lc.set.maxAge-age)/time.Second), 10))
@@ -456,7 +456,7 @@ func (e *cached) keptStale(lc *localCache) bool {
 // ownCall serves a GET with a call of its own, not shared: past the bounds
 // on what shared calls hold.
 func (h *Handler) ownCall(w http.ResponseWriter, r *http.Request, c *call) (status int, cutOff bool) {
-	if rf := h.app.admitOp(r); rf != nil {
+	if rf := h.app.admitOp(r, c); rf != nil {
 		return rf.write(w), false
 	}
 	c.region.state.reads.misses.Add(1)
@@ -740,7 +740,7 @@ func (rr *regionReads) join(h *Handler, r *http.Request, c *call) (*flight, bool
 		rr.mu.Unlock()
 		return nil, false, nil
 	}
-	if rf := h.app.admitOp(r); rf != nil {
+	if rf := h.app.admitOp(r, c); rf != nil {
 		rr.mu.Unlock()
 		return nil, false, rf
 	}

@@ -46,6 +46,20 @@ type RegionConfig struct {
 	// region.
 	MaxSubscriptions int `json:"max_subscriptions,omitempty"`
 
+	// The cache operations (gets, sets, deletes) a second the gateway sends
+	// the region: the account's limit there (Momento's default is 100).
+	// Past it a client is answered 429 with Retry-After and nothing is
+	// sent, and the operations are shared among the clients sending them
+	// (see the README's "Limits"). Default: none configured; the gateway
+	// learns the limit from the region's 429s, and meters only while the
+	// region refuses.
+	MaxOpsPerSecond int `json:"max_ops_per_second,omitempty"`
+
+	// The publishes a second the gateway sends the region, as
+	// max_ops_per_second (Momento's default limit is 10). Default: none
+	// configured; learned likewise.
+	MaxPublishesPerSecond int `json:"max_publishes_per_second,omitempty"`
+
 	// Where the region is defined, e.g. "Caddyfile:12". The Caddyfile
 	// adapter sets it so that errors found only when the config loads (an
 	// unset {env.*} token, a token for another region) name the line too.
@@ -55,14 +69,16 @@ type RegionConfig struct {
 // isReference reports whether the config only names a region defined in
 // the global options.
 func (rc RegionConfig) isReference() bool {
-	return rc.Token == "" && rc.Endpoint == "" && rc.Breaker == nil && rc.MaxSubscriptions == 0
+	return rc.Token == "" && rc.Endpoint == "" && rc.Breaker == nil && rc.MaxSubscriptions == 0 &&
+		rc.MaxOpsPerSecond == 0 && rc.MaxPublishesPerSecond == 0
 }
 
 // same reports whether two definitions of a region agree on everything
 // but where they stand, breaker defaults applied.
 func (rc RegionConfig) same(other RegionConfig) bool {
 	return rc.Name == other.Name && rc.Endpoint == other.Endpoint && rc.Token == other.Token &&
-		rc.Breaker.withDefaults() == other.Breaker.withDefaults() && rc.MaxSubscriptions == other.MaxSubscriptions
+		rc.Breaker.withDefaults() == other.Breaker.withDefaults() && rc.MaxSubscriptions == other.MaxSubscriptions &&
+		rc.MaxOpsPerSecond == other.MaxOpsPerSecond && rc.MaxPublishesPerSecond == other.MaxPublishesPerSecond
 }
 
 // builtinCells maps each Momento region to its cell. The HTTP endpoint of a
@@ -135,6 +151,9 @@ type region struct {
 	breaker  BreakerConfig // with defaults
 	// maxSubscriptions bounds the upstream long polls open at once.
 	maxSubscriptions int
+	// maxOpsPerSecond and maxPublishesPerSecond are the configured
+	// budgets (0: learned).
+	maxOpsPerSecond, maxPublishesPerSecond int
 
 	// state is kept across reloads (see app.go).
 	state   *regionState
@@ -146,7 +165,8 @@ type region struct {
 // resolveRegion resolves the region's placeholders and works out its
 // endpoint from the config, the built-in table and the token.
 func resolveRegion(rc RegionConfig, repl *caddy.Replacer) (*region, error) {
-	rg := &region{name: rc.Name, breaker: rc.Breaker.withDefaults(), maxSubscriptions: cmp.Or(rc.MaxSubscriptions, defaultMaxSubscriptions)}
+	rg := &region{name: rc.Name, breaker: rc.Breaker.withDefaults(), maxSubscriptions: cmp.Or(rc.MaxSubscriptions, defaultMaxSubscriptions),
+		maxOpsPerSecond: rc.MaxOpsPerSecond, maxPublishesPerSecond: rc.MaxPublishesPerSecond}
 
 	if rc.Token == "" {
 		return nil, fmt.Errorf("region %q: no token configured: add `token {env.MOMENTO_API_KEY}` (or {file./path}) to it", rc.Name)

@@ -167,7 +167,11 @@ func TestEarlyAnswersKeepConnectionInStep(t *testing.T) {
 			if tc.name == "region does not answer in time" {
 				t.Cleanup(func() { close(stop) }) // before the region's server closes
 			}
-			g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+tc.extra+
+			// The region's 429 stands for any early answer here: a
+			// configured budget keeps the gateway from learning a rate
+			// from it (see budget.go) and refusing the DELETE itself.
+			region := strings.Replace(regionBlock("r", up.URL, "t"), "\t\t}\n", "\t\t\tmax_ops_per_second 1000000\n\t\t}\n", 1)
+			g := startGateway(t, "\tmomento {\n"+region+tc.extra+
 				"\t\tbreaker {\n\t\t\tfailures 1000000\n\t\t}\n\t}")
 			c := &keepAliveClient{t: t, addr: strings.TrimPrefix(g.base, "http://")}
 			defer c.close()

@@ -136,6 +136,12 @@ func validateRegions(regions []RegionConfig, field string, globals []string, inA
 		if rc.MaxSubscriptions < 0 {
 			return fieldErrorf(f+".max_subscriptions", "region %q: max_subscriptions %d must be positive", rc.Name, rc.MaxSubscriptions)
 		}
+		if rc.MaxOpsPerSecond < 0 {
+			return fieldErrorf(f+".max_ops_per_second", "region %q: max_ops_per_second %d must be positive", rc.Name, rc.MaxOpsPerSecond)
+		}
+		if rc.MaxPublishesPerSecond < 0 {
+			return fieldErrorf(f+".max_publishes_per_second", "region %q: max_publishes_per_second %d must be positive", rc.Name, rc.MaxPublishesPerSecond)
+		}
 		if rc.Endpoint != "" && !strings.Contains(rc.Endpoint, "{") {
 			if _, err := normalizeEndpoint(rc.Endpoint); err != nil {
 				return fieldErrorf(f+".endpoint", "region %q: %v", rc.Name, err)
