@@ -15,8 +15,9 @@ import (
 // come, first served, those calls go to whoever sends most: one client
 // looping over writes would take them from every other. So each region
 // meters its calls against a budget a second: the limit configured
-// (max_ops_per_second, max_publishes_per_second), or without one, the rate
-// the region was taking when it refused (learned from its 429s). With
+// (max_ops_per_second, max_publishes_per_second), or without one, a rate
+// learned from its 429s: the most it took in a second within the last
+// minute when it first refused, then following it (see budgetHold). With
 // neither, nothing is metered: a region that never refuses is never held
 // back.
 //
@@ -27,16 +28,20 @@ import (
 // more that may come. So a client sending as fast as it can takes what the
 // others leave, and a client sending little still gets through.
 
-// budgetHold is how long a learned limit is kept after the region last
-// refused a call or the budget last refused a client; while the budget
-// keeps refusing, the learned limit rises by a tenth each budgetHold
-// without a 429 from the region, in case the account's limit was raised.
-const budgetHold = 10 * time.Second
-
-// budgetLowerEvery spaces the cuts of a learned limit for the region's
-// 429s: calls already on their way when it refused one are refused too,
-// and say nothing new.
-const budgetLowerEvery = 100 * time.Millisecond
+// How a learned limit follows the region. It is kept until budgetHold
+// after the region last refused a call or the budget last refused a
+// client. It falls by a tenth when the region refuses a call the budget
+// let through, at most once each budgetLowerEvery (calls already on their
+// way when it refused one are refused too, and say nothing new), and
+// rises by a tenth each budgetRaiseEvery without such a refusal, so that
+// a limit learned too low (the region refused for another reason, or the
+// account's limit was raised) does not hold clients back for long.
+const (
+	budgetHold        = 10 * time.Second
+	budgetLowerEvery  = 100 * time.Millisecond
+	budgetRaiseEvery  = 2 * time.Second
+	budgetPeakSeconds = 60 // see peak
+)
 
 // budget meters one kind of a region's calls. It lives in the region's
 // state, across reloads.
@@ -66,6 +71,12 @@ type budget struct {
 	// (ending with the tenth numbered tenth).
 	accepted [10]int
 	tenth    int64
+	// peak is the most the region took in a second (as accepted counts
+	// it, at the end of each tenth) within the last budgetPeakSeconds:
+	// what it took without refusing is a limit it has, whatever the
+	// moment it refused.
+	peak   int
+	peakAt time.Time
 
 	refused int64 // clients refused by the budget, for the admin API
 }
@@ -75,7 +86,7 @@ type budget struct {
 func (b *budget) refusal(rg *region, configured int, limit float64, wait time.Duration) *refusal {
 	why := fmt.Sprintf("its max_%s_per_second (%d %s a second)", b.setting(), configured, b.kind)
 	if configured == 0 {
-		why = fmt.Sprintf("what it took when it last refused them, its account's limit (about %d %s a second)", int(limit), b.kind)
+		why = fmt.Sprintf("its account's limit (about %d %s a second, learned from its 429s)", int(limit), b.kind)
 	}
 	return &refusal{status: http.StatusTooManyRequests, retryAfter: wait, msg: fmt.Sprintf(
 		"region %s is at %s, shared among the clients calling it, and this client has had its share; retry in %d s",
@@ -117,12 +128,29 @@ func (b *budget) roll(now time.Time) {
 		b.sent, b.second = nil, s
 	}
 	tenth := now.UnixNano() / int64(100*time.Millisecond)
+	if tenth == b.tenth {
+		return
+	}
+	// A tenth has ended: the last second's count is as high as it gets.
+	if taken := b.lastSecond(); taken >= b.peak || now.Sub(b.peakAt) > budgetPeakSeconds*time.Second {
+		b.peak, b.peakAt = taken, now
+	}
 	if tenth-b.tenth >= int64(len(b.accepted)) {
 		b.accepted, b.tenth = [10]int{}, tenth
 	}
 	for ; b.tenth < tenth; b.tenth++ {
 		b.accepted[(b.tenth+1)%10] = 0
 	}
+}
+
+// lastSecond is what the region took in the last second. Callers hold
+// b.mu.
+func (b *budget) lastSecond() int {
+	taken := 0
+	for _, n := range b.accepted {
+		taken += n
+	}
+	return taken
 }
 
 // sentLastSecond estimates the calls of client let through in the last
@@ -146,7 +174,7 @@ func (b *budget) limit(configured int, now time.Time) float64 {
 		b.learned = 0
 		return 0
 	}
-	if now.Sub(b.raised) >= budgetHold && now.Sub(b.lastRefused) >= budgetHold {
+	if now.Sub(b.raised) >= budgetRaiseEvery && now.Sub(b.lastRefused) >= budgetRaiseEvery {
 		b.learned *= 1.1
 		b.raised = now
 	}
@@ -220,19 +248,14 @@ func (b *budget) answered(status int, configured int, now time.Time) {
 	if configured > 0 {
 		return // another client of the account, or another gateway: passed on as it is
 	}
-	taken := 0
-	for _, n := range b.accepted {
-		taken += n
-	}
-	taken = max(1, taken)
 	switch {
 	case b.learned == 0 || now.After(b.held):
-		b.learned, b.raised, b.lowered = float64(taken), now, now
+		b.learned, b.raised, b.lowered = float64(max(1, b.lastSecond(), b.peak)), now, now
 	case now.Sub(b.lowered) >= budgetLowerEvery:
 		// Refused within the budget: it is above the region's rate (what
 		// the region took in a second included its burst), or the account
-		// is busier. A tenth less, and no more than it took.
-		b.learned, b.lowered = max(1, min(b.learned*0.9, float64(taken))), now
+		// is busier.
+		b.learned, b.raised, b.lowered = max(1, b.learned*0.9), now, now
 	}
 	b.held = now.Add(budgetHold)
 	// The region's own bucket is empty now: so is the budget's, so that

@@ -84,16 +84,21 @@ func TestBudgetLearnsTheRegionsRate(t *testing.T) {
 	if st := b.status(0, at(1150*time.Millisecond)); st.PerSecond != 45 {
 		t.Fatalf("after two refusals 50 ms apart: %d a second, want 45", st.PerSecond)
 	}
-	// The budget keeps refusing the flood, the region refuses nothing:
-	// after budgetHold, a tenth more.
+	// The budget keeps refusing the flood, the region refuses nothing: a
+	// tenth more each budgetRaiseEvery.
 	var refused bool
 	for d := 1200 * time.Millisecond; d <= 1150*time.Millisecond+budgetHold; d += 50 * time.Millisecond {
 		if ok, _, _ := b.take("a", 0, at(d)); !ok {
 			refused = true
 		}
+		if d == 1150*time.Millisecond+budgetRaiseEvery {
+			if st := b.status(0, at(d)); st.PerSecond != 49 {
+				t.Fatalf("after budgetRaiseEvery without the region refusing: %+v, want 49 a second", st)
+			}
+		}
 	}
-	if st := b.status(0, at(1150*time.Millisecond+budgetHold)); !refused || st.PerSecond != 49 {
-		t.Fatalf("after budgetHold without the region refusing: %+v (a refused: %v), want 49 a second", st, refused)
+	if st := b.status(0, at(1150*time.Millisecond+budgetHold)); !refused || st.PerSecond != 72 {
+		t.Fatalf("after budgetHold without the region refusing: %+v (a refused: %v), want 72 a second", st, refused)
 	}
 	// Nobody refused for budgetHold: no longer metered.
 	if ok, _, _ := b.take("a", 0, at(1150*time.Millisecond+3*budgetHold)); !ok {
@@ -101,5 +106,23 @@ func TestBudgetLearnsTheRegionsRate(t *testing.T) {
 	}
 	if st := b.status(0, at(1150*time.Millisecond+3*budgetHold)); st.PerSecond != 0 || st.Learned {
 		t.Fatalf("status %+v, want not metered", st)
+	}
+}
+
+// A region that refuses at a quiet moment (for another of its limits, say)
+// is not taken to allow only what it took then: what it took in the last
+// minute without refusing is a rate it has.
+func TestBudgetRemembersWhatTheRegionTook(t *testing.T) {
+	b := &budget{kind: budgetOps}
+	now := time.Unix(1000, 0)
+	for i := range 80 {
+		b.answered(http.StatusOK, 0, now.Add(time.Duration(i)*10*time.Millisecond))
+	}
+	for i := range 10 {
+		b.answered(http.StatusOK, 0, now.Add(5*time.Second+time.Duration(i)*time.Second))
+	}
+	b.answered(http.StatusTooManyRequests, 0, now.Add(20*time.Second))
+	if st := b.status(0, now.Add(20*time.Second)); st.PerSecond < 80 {
+		t.Fatalf("learned %d a second at a quiet moment, after the region took 80 in a second", st.PerSecond)
 	}
 }
