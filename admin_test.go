@@ -145,6 +145,9 @@ func TestMetricsAndAdminAPI(t *testing.T) {
 		{"caddy_momento_breaker_transitions_total", `region="ops-bad",to="open"`, 1},
 		{"caddy_momento_reads_unshared_total", `region="ops-good"`, 0},
 		{"caddy_momento_shared_calls_held_bytes", `region="ops-good"`, 0},
+		// Never refused by the region: not metered.
+		{"caddy_momento_budget_per_second", `kind="cache_operations",region="ops-good"`, 0},
+		{"caddy_momento_budget_refused_total", `kind="publishes",region="ops-good"`, 0},
 	} {
 		if got := metric(m, c.name, c.labels); got != c.want {
 			t.Errorf("%s{%s} = %v, want %v", c.name, c.labels, got, c.want)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sony/gobreaker/v2"
@@ -147,6 +148,14 @@ var (
 		"caddy_momento_local_cache_bytes",
 		"Bytes the region's local read caches hold (keys, values, overhead), within their max_size.",
 		[]string{"region"}, nil)
+	budgetDesc = prometheus.NewDesc(
+		"caddy_momento_budget_per_second",
+		"Calls a second the gateway sends the region, by kind (cache_operations, publishes): its configured max_ops_per_second or max_publishes_per_second, or the rate learned from its 429s; 0 while not metered.",
+		[]string{"region", "kind"}, nil)
+	budgetRefusedDesc = prometheus.NewDesc(
+		"caddy_momento_budget_refused_total",
+		"Client requests answered 429 because the region's budget of calls a second (shared among the clients calling) was spent, by kind.",
+		[]string{"region", "kind"}, nil)
 )
 
 // Describe implements prometheus.Collector.
@@ -161,6 +170,8 @@ func (c regionGauges) Describe(ch chan<- *prometheus.Desc) {
 	ch <- cutOffDesc
 	ch <- evictionsDesc
 	ch <- cachedBytesDesc
+	ch <- budgetDesc
+	ch <- budgetRefusedDesc
 }
 
 // Collect implements prometheus.Collector.
@@ -179,6 +190,14 @@ func (c regionGauges) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(cutOffDesc, prometheus.CounterValue, float64(st.cutOff), rg.name)
 		ch <- prometheus.MustNewConstMetric(evictionsDesc, prometheus.CounterValue, float64(st.evictions), rg.name)
 		ch <- prometheus.MustNewConstMetric(cachedBytesDesc, prometheus.GaugeValue, float64(st.bytes), rg.name)
+		now := time.Now()
+		for kind, bs := range map[string]BudgetStatus{
+			"cache_operations": rg.state.ops.status(rg.maxOpsPerSecond, now),
+			"publishes":        rg.state.publishes.status(rg.maxPublishesPerSecond, now),
+		} {
+			ch <- prometheus.MustNewConstMetric(budgetDesc, prometheus.GaugeValue, float64(bs.PerSecond), rg.name, kind)
+			ch <- prometheus.MustNewConstMetric(budgetRefusedDesc, prometheus.CounterValue, float64(bs.Refused), rg.name, kind)
+		}
 	}
 }
 
