@@ -380,6 +380,13 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 	}
 	f, joined, rf := rr.join(h, r, c)
 	if rf != nil {
+		if entry != nil && entry.keptStale(lc) {
+			// Refused a call for a limit (the region's budget, or the
+			// client's): the last answer, marked stale, as when the region
+			// fails.
+			rr.stale.Add(1)
+			return writeCached(w, entry, "fwd=stale; detail=rate-limited")
+		}
 		return rf.write(w), false
 	}
 	if f == nil {
@@ -420,8 +427,9 @@ func (h *Handler) read(w http.ResponseWriter, r *http.Request, c *call) (status 
 		}
 		entered = client
 	}
-	if st >= 500 && entry != nil && entry.keptStale(lc) {
-		// The region fails: the last answer, marked stale.
+	if (st >= 500 || st == http.StatusTooManyRequests) && entry != nil && entry.keptStale(lc) {
+		// The region fails, or refuses for its account's limit: the last
+		// answer, marked stale.
 		rr.stale.Add(1)
 		return writeCached(w, entry, "fwd=stale; fwd-status="+strconv.Itoa(st)+"; detail=stale-if-error")
 	}

@@ -46,6 +46,9 @@ func (s *switchable) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case "500":
 			w.WriteHeader(http.StatusInternalServerError)
 			return
+		case "429":
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
 		case "hang":
 			<-r.Context().Done()
 			return
@@ -264,7 +267,7 @@ func TestLocalCacheEvictsWithinMaxSize(t *testing.T) {
 func TestStaleIfError(t *testing.T) {
 	// One gateway, a region for each way of failing (routed by cache
 	// name), so that the failures run side by side.
-	fails := []string{"500", "hang", "reset", "refused", "breaker"}
+	fails := []string{"500", "429", "hang", "reset", "refused", "breaker"}
 	regions, routes := "", ""
 	type failing struct {
 		sw *switchable
@@ -300,8 +303,18 @@ func TestStaleIfError(t *testing.T) {
 			if cs := r.header.Get("Cache-Status"); !strings.Contains(cs, "fwd=stale") || r.header.Get("Age") == "" {
 				t.Fatalf("stale answer: Cache-Status %q, Age %q", cs, r.header.Get("Age"))
 			}
+			if fail == "429" {
+				// The region's 429 taught the gateway to meter its calls
+				// (see budget.go): refused by the budget, the next read
+				// is answered stale too.
+				r := g.get(path)
+				expect(t, r, 200, "last known")
+				if cs := r.header.Get("Cache-Status"); !strings.Contains(cs, "fwd=stale; detail=rate-limited") {
+					t.Fatalf("stale answer for a spent budget: Cache-Status %q", cs)
+				}
+			}
 			// Past stale_if_error, the failure passes.
-			waitFor(t, func() bool { return g.get(path).status >= 500 })
+			waitFor(t, func() bool { return g.get(path).status >= 429 })
 		})
 	}
 }
