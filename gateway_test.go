@@ -358,12 +358,7 @@ func TestClientErrorsAndThrottlingAreNotFailures(t *testing.T) {
 // Retry-After, as Momento does: the client is told when to retry all the
 // same, reads the region's own message, and the breaker counts nothing.
 func TestTheRegionsRateLimitReachesClientsWithRetryAfter(t *testing.T) {
-	lh, err := momentolocal.New(momentolocal.Handler{Token: "t", MaxOpsPerSecond: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = lh.Close() })
-	up := newUpstream(t, lh.HTTPHandler())
+	up, _ := localUpstreamFrom(t, momentolocal.Handler{Token: "t", MaxOpsPerSecond: 3})
 	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t\tbreaker {\n\t\t\tfailures 1\n\t\t}\n\t}")
 	refused := 0
 	for i := range 10 {

@@ -84,7 +84,14 @@ func localUpstream(t *testing.T, token string) (*upstream, *momentolocal.Handler
 // (nil: every cache exists).
 func localUpstreamWith(t *testing.T, token string, caches []string) (*upstream, *momentolocal.Handler) {
 	t.Helper()
-	lh, err := momentolocal.New(momentolocal.Handler{Token: token, Caches: caches})
+	return localUpstreamFrom(t, momentolocal.Handler{Token: token, Caches: caches})
+}
+
+// localUpstreamFrom is the embedded backend configured as cfg (its limits,
+// say), on loopback until the test ends.
+func localUpstreamFrom(t *testing.T, cfg momentolocal.Handler) (*upstream, *momentolocal.Handler) {
+	t.Helper()
+	lh, err := momentolocal.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -810,12 +810,7 @@ func counted(m *sync.Map, key string) int64 {
 // region took, shares them among the addresses calling, and another
 // address writing now and then is served every time.
 func TestAGreedyClientCannotUseUpTheRegionsOperations(t *testing.T) {
-	lh, err := momentolocal.New(momentolocal.Handler{Token: "t", MaxOpsPerSecond: 60})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = lh.Close() })
-	up := newUpstream(t, lh.HTTPHandler())
+	up, _ := localUpstreamFrom(t, momentolocal.Handler{Token: "t", MaxOpsPerSecond: 60})
 	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t}")
 	rs := pooledRegionState(t, "r", up.URL)
 	if st := rs.ops.status(0, time.Now()); st.PerSecond != 0 {
@@ -884,12 +879,7 @@ func TestAConfiguredLimitIsSharedAmongClients(t *testing.T) {
 // every answer, about 1 MiB each, until the next message (3.8 GB from one
 // connection in a hostile review).
 func TestCursorsCannotGrowTheHub(t *testing.T) {
-	lh, err := momentolocal.New(momentolocal.Handler{Token: "t", TopicBuffer: 100})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = lh.Close() })
-	up := newUpstream(t, lh.HTTPHandler())
+	up, _ := localUpstreamFrom(t, momentolocal.Handler{Token: "t", TopicBuffer: 100})
 	g := startGateway(t, "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t}")
 	// A subscriber starts the hub; 60 messages of 4 KiB fill its buffer.
 	sub := &subscriber{g: g, path: "/topics/c/t"}
