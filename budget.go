@@ -22,11 +22,18 @@ import (
 // back.
 //
 // The budget is a token bucket refilled at the limit a second and holding
-// a second's worth. All of it but a reserve (a fifth) goes to whoever asks
-// first; the reserve only to a client that has had less than its share in
-// the last second: the limit divided among the addresses calling, plus one
-// more that may come. So a client sending as fast as it can takes what the
-// others leave, and a client sending little still gets through.
+// a second's worth. Each address asking has a share of it: nine tenths of
+// the limit divided among the addresses that asked in the last second,
+// plus one more that may come. An address's share accrues as credit (up
+// to a second's share, and at least one call). A call paid with credit
+// may take any token but the reserve (a fifth of the bucket), which only
+// an address asking for little more than its share may take. A call
+// without credit may take only the tokens that no asking address's credit
+// is owed, and the reserve besides, first come, first served. So a client
+// asking within its share is served, however many others flood, and what
+// the others leave goes to whoever asks. Sharing is per address: an attacker with many
+// addresses gets a share for each, and past maxBudgetClients addresses
+// asking at once, a new one gets only what is left.
 
 // How a learned limit follows the region. It is kept until budgetHold
 // after the region last refused a call or the budget last refused a
@@ -35,13 +42,31 @@ import (
 // way when it refused one are refused too, and say nothing new), and
 // rises by a tenth each budgetRaiseEvery without such a refusal, so that
 // a limit learned too low (the region refused for another reason, or the
-// account's limit was raised) does not hold clients back for long.
+// account's limit was raised) does not hold clients back for long; within
+// budgetPeakSeconds of a refusal, it rises no higher than just under the
+// rate the region refused.
 const (
 	budgetHold        = 10 * time.Second
 	budgetLowerEvery  = 100 * time.Millisecond
 	budgetRaiseEvery  = 2 * time.Second
 	budgetPeakSeconds = 60 // see peak
 )
+
+// maxBudgetClients bounds the addresses a budget keeps a share for. Past
+// it, a new address takes only what no share is owed, until the addresses
+// that stopped asking are forgotten, budgetForget after they last asked.
+// An address is remembered that long so that one asking now and then
+// keeps the credit it has earned; it counts in the shares only while it
+// asks (within the last second).
+const (
+	maxBudgetClients = 4096
+	budgetForget     = 10 * time.Second
+)
+
+// budgetOwedEvery spaces the sums of the credit owed to all addresses
+// (between them, a credit spent is taken off, and what accrues is not
+// counted: a hundredth of a second of the limit at most).
+const budgetOwedEvery = 10 * time.Millisecond
 
 // budget meters one kind of a region's calls. It lives in the region's
 // state, across reloads.
@@ -55,30 +80,67 @@ type budget struct {
 	held    time.Time
 	raised  time.Time // when learned last rose, or was learned
 	lowered time.Time // when learned last fell, or was learned
-	// lastRefused is when the region last answered 429.
+	// lastRefused is when the region last answered 429, and ceiling the
+	// rate the budget let through then (0: it was not metering).
 	lastRefused time.Time
+	ceiling     float64
 
 	// The bucket, at the rate in force when it was last refilled.
 	rate   float64
 	tokens float64
 	at     time.Time
 
-	// Calls let through per client address, in the current second and the
-	// one before.
-	second           int64
-	sent, sentBefore map[string]int
-	// The region's answers other than 429 in each tenth of the last second
-	// (ending with the tenth numbered tenth).
-	accepted [10]int
-	tenth    int64
-	// peak is the most the region took in a second (as accepted counts
-	// it, at the end of each tenth) within the last budgetPeakSeconds:
-	// what it took without refusing is a limit it has, whatever the
-	// moment it refused.
+	// clients are the addresses that asked in the last second or so,
+	// while metered, with their credit.
+	clients map[string]*budgetClient
+	swept   int64 // the unix second clients was last swept
+	// asking counts the clients that asked within a second of the last
+	// sweep, and those new since.
+	asking int
+	// owed is the credit of all clients, as of owedAt, less what was
+	// spent since.
+	owed   float64
+	owedAt time.Time
+
+	// The calls sent to the region, less those it refused, in each tenth
+	// of the last second (ending with the tenth numbered tenth). A call
+	// counts when it is sent: an upload abandoned on the way has taken
+	// one of the region's operations all the same.
+	taken [10]int
+	tenth int64
+	// peak is the most the region took in a second (as taken counts it,
+	// at the end of each tenth) within the last budgetPeakSeconds: what
+	// it took without refusing is a limit it has, whatever the moment it
+	// refused.
 	peak   int
 	peakAt time.Time
 
 	refused int64 // clients refused by the budget, for the admin API
+}
+
+// budgetClient is one address's share of a budget.
+type budgetClient struct {
+	credit float64   // calls it may make from its share, as of at
+	at     time.Time // when credit was last brought up to date
+	seen   time.Time // when it last asked
+	// asked counts its requests, let through or not, in the unix second
+	// second, and askedBefore in the one before.
+	second             int64
+	asked, askedBefore int
+}
+
+// demand estimates the requests of c in the last second, let through or
+// not.
+func (c *budgetClient) demand(now time.Time) float64 {
+	if s := now.Unix(); s != c.second {
+		c.askedBefore = 0
+		if s == c.second+1 {
+			c.askedBefore = c.asked
+		}
+		c.asked, c.second = 0, s
+	}
+	c.asked++
+	return float64(c.asked) + float64(c.askedBefore)*(1-float64(now.Nanosecond())/1e9)
 }
 
 // refusal is the answer to a client the budget refused, at limit calls a
@@ -118,14 +180,22 @@ func (rg *region) budget(o op) (*budget, int) {
 	return nil, 0
 }
 
-// roll moves the counts on to now. Callers hold b.mu.
+// roll moves the counts on to now, and forgets the addresses that have
+// not asked for a second. Callers hold b.mu.
 func (b *budget) roll(now time.Time) {
-	if s := now.Unix(); s != b.second {
-		b.sentBefore = nil
-		if s == b.second+1 {
-			b.sentBefore = b.sent
+	if s := now.Unix(); s != b.swept {
+		b.swept = s
+		b.asking = 0
+		for addr, c := range b.clients {
+			switch idle := now.Sub(c.seen); {
+			case idle > budgetForget:
+				delete(b.clients, addr)
+			case idle <= time.Second:
+				b.asking++
+			}
 		}
-		b.sent, b.second = nil, s
+		b.owedAt = time.Time{} // summed again on the next call
+
 	}
 	tenth := now.UnixNano() / int64(100*time.Millisecond)
 	if tenth == b.tenth {
@@ -135,11 +205,11 @@ func (b *budget) roll(now time.Time) {
 	if taken := b.lastSecond(); taken >= b.peak || now.Sub(b.peakAt) > budgetPeakSeconds*time.Second {
 		b.peak, b.peakAt = taken, now
 	}
-	if tenth-b.tenth >= int64(len(b.accepted)) {
-		b.accepted, b.tenth = [10]int{}, tenth
+	if tenth-b.tenth >= int64(len(b.taken)) {
+		b.taken, b.tenth = [10]int{}, tenth
 	}
 	for ; b.tenth < tenth; b.tenth++ {
-		b.accepted[(b.tenth+1)%10] = 0
+		b.taken[(b.tenth+1)%10] = 0
 	}
 }
 
@@ -147,18 +217,10 @@ func (b *budget) roll(now time.Time) {
 // b.mu.
 func (b *budget) lastSecond() int {
 	taken := 0
-	for _, n := range b.accepted {
+	for _, n := range b.taken {
 		taken += n
 	}
 	return taken
-}
-
-// sentLastSecond estimates the calls of client let through in the last
-// second, weighing the second before by how much of it that is. Callers
-// hold b.mu.
-func (b *budget) sentLastSecond(client string, now time.Time) float64 {
-	past := float64(now.Nanosecond()) / 1e9
-	return float64(b.sent[client]) + float64(b.sentBefore[client])*(1-past)
 }
 
 // limit is the rate in force: configured, learned, or 0 for none. Callers
@@ -175,8 +237,11 @@ func (b *budget) limit(configured int, now time.Time) float64 {
 		return 0
 	}
 	if now.Sub(b.raised) >= budgetRaiseEvery && now.Sub(b.lastRefused) >= budgetRaiseEvery {
-		b.learned *= 1.1
-		b.raised = now
+		raised := b.learned * 1.1
+		if b.ceiling > 0 && now.Sub(b.lastRefused) < budgetPeakSeconds*time.Second {
+			raised = min(raised, max(b.learned, b.ceiling*0.95))
+		}
+		b.learned, b.raised = raised, now
 	}
 	return b.learned
 }
@@ -189,10 +254,8 @@ func (b *budget) take(client string, configured int, now time.Time) (ok bool, wa
 	b.roll(now)
 	limit = b.limit(configured, now)
 	if limit == 0 {
-		// Counted all the same: when the region begins to refuse, the
-		// clients that sent most have had their share already.
 		b.rate = 0
-		b.count(client)
+		b.taken[b.tenth%10]++
 		return true, 0, 0
 	}
 	if b.rate == 0 {
@@ -202,59 +265,88 @@ func (b *budget) take(client string, configured int, now time.Time) (ok bool, wa
 	}
 	b.tokens = min(limit, b.tokens+now.Sub(b.at).Seconds()*b.rate)
 	b.rate, b.at = limit, now
-	reserve := max(1, limit/5)
-	need := 1.0
-	if b.tokens-1 < reserve {
-		others := max(len(b.sent), len(b.sentBefore))
-		if b.sent[client] > 0 || b.sentBefore[client] > 0 {
-			others--
+
+	c := b.clients[client]
+	if c == nil && len(b.clients) < maxBudgetClients {
+		if b.clients == nil {
+			b.clients = map[string]*budgetClient{}
 		}
-		if b.sentLastSecond(client, now) >= limit/float64(others+2) {
-			need = reserve + 1 // past its share: only what is above the reserve
+		// A newcomer may make its first call at once.
+		c = &budgetClient{at: now, credit: 1, seen: now}
+		b.clients[client] = c
+		b.asking++
+		b.owed++
+	}
+	// Nine tenths shared out, so that credit is not spent as fast as the
+	// bucket fills, and a client with credit finds a token.
+	share := 0.9 * limit / float64(b.asking+1)
+	burst := max(1, share)
+	credit, light := 0.0, false
+	if c != nil {
+		c.seen = now
+		c.credit = min(burst, c.credit+now.Sub(c.at).Seconds()*share)
+		c.at = now
+		credit = c.credit
+		light = c.demand(now) <= 2*burst
+	}
+	if now.Sub(b.owedAt) >= budgetOwedEvery {
+		// Owed to the clients asking: one that asks now and then finds
+		// its token in the reserve.
+		b.owed, b.owedAt = 0, now
+		for _, o := range b.clients {
+			if now.Sub(o.seen) <= time.Second {
+				b.owed += min(burst, o.credit+now.Sub(o.at).Seconds()*share)
+			}
 		}
 	}
-	if b.tokens < need {
+	reserve := max(1, limit/5)
+	switch {
+	case credit >= 1 && b.tokens >= 1 && (light || b.tokens-1 >= reserve):
+		// Its share: from the reserve too, if it asks for little more
+		// than its share (a client that keeps asking when refused, as a
+		// flood does, would otherwise win every token the moment it
+		// comes, and the reserve is for the others).
+		c.credit--
+		b.owed--
+	case b.tokens-1 >= reserve+b.owed:
+	default:
 		b.refused++
 		if configured == 0 {
 			b.held = now.Add(budgetHold)
 		}
-		return false, time.Duration((need - b.tokens) / limit * float64(time.Second)), limit
+		// The sooner of: its credit and a token, or a token above the
+		// reserve.
+		withCredit := max((1-credit)/share, (1-b.tokens)/limit)
+		aboveReserve := (reserve + b.owed + 1 - b.tokens) / limit
+		return false, time.Duration(min(withCredit, aboveReserve) * float64(time.Second)), limit
 	}
 	b.tokens--
-	b.count(client)
+	b.taken[b.tenth%10]++
 	return true, 0, limit
 }
 
-// count records a call of client let through. Callers hold b.mu.
-func (b *budget) count(client string) {
-	if b.sent == nil {
-		b.sent = map[string]int{}
-	}
-	b.sent[client]++
-}
-
 // answered records the region's answer to a call the budget let through:
-// a 429 teaches it the region's limit (unless one is configured), anything
-// else counts as taken.
+// a 429 teaches it the region's limit (unless one is configured).
 func (b *budget) answered(status int, configured int, now time.Time) {
+	if status != http.StatusTooManyRequests {
+		return
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.roll(now)
-	if status != http.StatusTooManyRequests {
-		b.accepted[b.tenth%10]++
-		return
-	}
+	b.taken[b.tenth%10]-- // sent, and not taken
 	b.lastRefused = now
 	if configured > 0 {
 		return // another client of the account, or another gateway: passed on as it is
 	}
 	switch {
 	case b.learned == 0 || now.After(b.held):
-		b.learned, b.raised, b.lowered = float64(max(1, b.lastSecond(), b.peak)), now, now
+		b.learned, b.raised, b.lowered, b.ceiling = float64(max(1, b.lastSecond(), b.peak)), now, now, 0
 	case now.Sub(b.lowered) >= budgetLowerEvery:
 		// Refused within the budget: it is above the region's rate (what
 		// the region took in a second included its burst), or the account
 		// is busier.
+		b.ceiling = b.learned
 		b.learned, b.raised, b.lowered = max(1, b.learned*0.9), now, now
 	}
 	b.held = now.Add(budgetHold)

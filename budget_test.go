@@ -1,80 +1,113 @@
 package momento
 
 import (
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
 )
 
-// A configured budget: a client sending as fast as it can takes all but
-// the reserve, which is kept for the clients that have had less than
-// their share.
-func TestBudgetKeepsItsReserveForOthers(t *testing.T) {
+// flooding runs a budget of limit calls a second for the given time, in
+// steps of a millisecond: each flooding address asks every step, the
+// polite one every politeEvery. It returns the polite client's calls let
+// through and asked, and all calls let through.
+func flooding(b *budget, limit, flooders int, politeEvery, d time.Duration) (politeOK, politeAsked, total int) {
+	start := time.Unix(1000, 0)
+	for step := time.Duration(0); step < d; step += time.Millisecond {
+		now := start.Add(step)
+		for f := range flooders {
+			if ok, _, _ := b.take(fmt.Sprintf("10.0.0.%d", f), limit, now); ok {
+				total++
+			}
+		}
+		if step%politeEvery == politeEvery/2 { // not in step with the flood
+			politeAsked++
+			if ok, _, _ := b.take("192.0.2.1", limit, now); ok {
+				politeOK++
+				total++
+			}
+		}
+	}
+	return
+}
+
+// However many addresses flood a budget, a client asking for less than
+// its share (the limit divided among the addresses asking, plus one) gets
+// every call, and the flood takes the rest, within the limit.
+func TestBudgetServesEachAddressItsShare(t *testing.T) {
+	for _, tc := range []struct {
+		flooders    int
+		politeEvery time.Duration // under its share of 100 a second
+	}{
+		{1, 50 * time.Millisecond},   // 20 a second, share 30
+		{10, 100 * time.Millisecond}, // 10, share 7.5: past it, its share
+		{50, time.Second},            // 1, share 1.7
+		{200, 5 * time.Second},       // 0.2, share 0.45
+	} {
+		t.Run(fmt.Sprintf("%d flooding", tc.flooders), func(t *testing.T) {
+			const limit, d = 100, 10 * time.Second
+			ok, asked, total := flooding(&budget{kind: budgetOps}, limit, tc.flooders, tc.politeEvery, d)
+			share := 0.9 * float64(limit) / float64(tc.flooders+2) * d.Seconds()
+			if want := min(asked, int(share)); ok < want {
+				t.Errorf("the polite client got %d of %d calls, its share %.0f", ok, asked, share)
+			}
+			if most := limit*int(d.Seconds()) + limit; total > most || total < most-3*limit {
+				t.Errorf("%d calls let through in %v at %d a second", total, d, limit)
+			}
+		})
+	}
+}
+
+// A configured budget refuses with a Retry-After of when a call may
+// succeed, and counts the refusals.
+func TestBudgetRefusesWithRetryAfter(t *testing.T) {
 	b := &budget{kind: budgetOps}
 	now := time.Unix(1000, 0)
-	greedy := 0
-	for greedy < 100 {
+	n := 0
+	for n < 100 {
 		if ok, _, _ := b.take("greedy", 10, now); !ok {
 			break
 		}
-		greedy++
+		n++
 	}
-	// 10 a second with a reserve of 2: the first five are its share
-	// (10 / (itself + one more)), the next three come from above the
-	// reserve.
-	if greedy != 8 {
-		t.Fatalf("a flooding client got %d of a budget of 10 at once, want 8", greedy)
+	// Its first call from its share, then all but the reserve (2).
+	if n != 8 {
+		t.Fatalf("a flooding client got %d of a budget of 10 at once, want 8", n)
 	}
 	ok, wait, limit := b.take("greedy", 10, now)
 	if ok || limit != 10 || wait <= 0 || retryAfterSeconds(wait) != 1 {
 		t.Fatalf("the flood's next call: ok %v, wait %v, limit %v", ok, wait, limit)
 	}
-	for i := range 2 {
-		if ok, _, _ := b.take("polite", 10, now); !ok {
-			t.Fatalf("another client's call %d was refused from the reserve", i)
-		}
+	if ok, _, _ := b.take("polite", 10, now); !ok {
+		t.Fatal("a newcomer's first call was refused with the reserve whole")
 	}
-	if ok, _, _ := b.take("polite", 10, now); ok {
-		t.Fatal("a call past the whole budget was let through")
-	}
-	// A tenth of a second later, one more token: for the polite client
-	// only until the reserve is whole again.
-	later := now.Add(100 * time.Millisecond)
-	if ok, _, _ := b.take("greedy", 10, later); ok {
-		t.Fatal("the flood took from the reserve")
-	}
-	if ok, _, _ := b.take("polite", 10, later); !ok {
-		t.Fatal("the polite client was refused a refilled token")
-	}
-	if st := b.status(10, later); st.PerSecond != 10 || st.Learned || st.Refused != 4 {
+	if st := b.status(10, now); st.PerSecond != 10 || st.Learned || st.Refused != 2 {
 		t.Fatalf("status %+v", st)
 	}
 }
 
 // Without a configured limit, nothing is metered until the region
-// refuses; then its rate is the budget, lowered while the region still
-// refuses, raised while it does not, and lifted once nobody is refused.
+// refuses; then what it took in the last second is the budget, lowered
+// while the region still refuses, raised (not past just under the rate
+// it refused) while it does not, and lifted once nobody is refused.
 func TestBudgetLearnsTheRegionsRate(t *testing.T) {
 	b := &budget{kind: budgetOps}
 	now := time.Unix(1000, 0)
 	at := func(d time.Duration) time.Time { return now.Add(d) }
-	for i := range 500 {
-		if ok, _, _ := b.take("a", 0, at(time.Duration(i)*time.Millisecond)); !ok {
+	for i := range 51 {
+		if ok, _, _ := b.take("a", 0, at(time.Duration(500+i*9)*time.Millisecond)); !ok {
 			t.Fatal("a region that never refused is metered")
 		}
 	}
-	for i := range 50 {
-		b.answered(http.StatusNoContent, 0, at(time.Duration(500+i*9)*time.Millisecond))
-	}
-	b.answered(http.StatusTooManyRequests, 0, at(950*time.Millisecond))
-	if st := b.status(0, at(950*time.Millisecond)); st.PerSecond != 50 || !st.Learned {
-		t.Fatalf("after the region took 50 in the last second and refused one: %+v", st)
+	b.answered(http.StatusTooManyRequests, 0, at(960*time.Millisecond))
+	if st := b.status(0, at(960*time.Millisecond)); st.PerSecond != 50 || !st.Learned {
+		t.Fatalf("after the region took 50 of 51 calls in the last second: %+v", st)
 	}
 	// The budget starts empty, as the region's bucket is.
-	if ok, _, _ := b.take("b", 0, at(951*time.Millisecond)); ok {
+	if ok, _, _ := b.take("b", 0, at(961*time.Millisecond)); ok {
 		t.Fatal("a call let through with the region's bucket empty")
 	}
-	if ok, _, _ := b.take("b", 0, at(980*time.Millisecond)); !ok {
+	if ok, _, _ := b.take("b", 0, at(990*time.Millisecond)); !ok {
 		t.Fatal("a newcomer was refused a refilled token")
 	}
 	// Refused again within the budget: lowered by a tenth, once per
@@ -85,20 +118,21 @@ func TestBudgetLearnsTheRegionsRate(t *testing.T) {
 		t.Fatalf("after two refusals 50 ms apart: %d a second, want 45", st.PerSecond)
 	}
 	// The budget keeps refusing the flood, the region refuses nothing: a
-	// tenth more each budgetRaiseEvery.
+	// tenth more after budgetRaiseEvery, and no more than just under the
+	// 50 the region refused.
 	var refused bool
 	for d := 1200 * time.Millisecond; d <= 1150*time.Millisecond+budgetHold; d += 50 * time.Millisecond {
 		if ok, _, _ := b.take("a", 0, at(d)); !ok {
 			refused = true
 		}
 		if d == 1150*time.Millisecond+budgetRaiseEvery {
-			if st := b.status(0, at(d)); st.PerSecond != 49 {
-				t.Fatalf("after budgetRaiseEvery without the region refusing: %+v, want 49 a second", st)
+			if st := b.status(0, at(d)); st.PerSecond != 47 {
+				t.Fatalf("after budgetRaiseEvery without the region refusing: %+v, want 47 a second", st)
 			}
 		}
 	}
-	if st := b.status(0, at(1150*time.Millisecond+budgetHold)); !refused || st.PerSecond != 72 {
-		t.Fatalf("after budgetHold without the region refusing: %+v (a refused: %v), want 72 a second", st, refused)
+	if st := b.status(0, at(1150*time.Millisecond+budgetHold)); !refused || st.PerSecond != 47 {
+		t.Fatalf("after budgetHold without the region refusing: %+v (a refused: %v), want 47 a second", st, refused)
 	}
 	// Nobody refused for budgetHold: no longer metered.
 	if ok, _, _ := b.take("a", 0, at(1150*time.Millisecond+3*budgetHold)); !ok {
@@ -116,10 +150,10 @@ func TestBudgetRemembersWhatTheRegionTook(t *testing.T) {
 	b := &budget{kind: budgetOps}
 	now := time.Unix(1000, 0)
 	for i := range 80 {
-		b.answered(http.StatusOK, 0, now.Add(time.Duration(i)*10*time.Millisecond))
+		b.take("a", 0, now.Add(time.Duration(i)*10*time.Millisecond))
 	}
 	for i := range 10 {
-		b.answered(http.StatusOK, 0, now.Add(5*time.Second+time.Duration(i)*time.Second))
+		b.take("a", 0, now.Add(5*time.Second+time.Duration(i)*time.Second))
 	}
 	b.answered(http.StatusTooManyRequests, 0, now.Add(20*time.Second))
 	if st := b.status(0, now.Add(20*time.Second)); st.PerSecond < 80 {
