@@ -45,11 +45,15 @@ import (
 // account's limit was raised) does not hold clients back for long; within
 // budgetPeakSeconds of a refusal, it rises no higher than just under the
 // rate the region refused.
+//
+// Only a region refusing at least budgetEvidence calls in a second, and a
+// twentieth of those it was sent, is taken to be at its rate.
 const (
 	budgetHold        = 10 * time.Second
 	budgetLowerEvery  = 100 * time.Millisecond
 	budgetRaiseEvery  = 2 * time.Second
 	budgetPeakSeconds = 60 // see peak
+	budgetEvidence    = 3
 )
 
 // maxBudgetClients bounds the addresses a budget keeps a share for. Past
@@ -108,6 +112,8 @@ type budget struct {
 	// one of the region's operations all the same.
 	taken [10]int
 	tenth int64
+	// refusedBy counts the region's 429s likewise.
+	refusedBy [10]int
 	// peak is the most the region took in a second (as taken counts it,
 	// at the end of each tenth) within the last budgetPeakSeconds: what
 	// it took without refusing is a limit it has, whatever the moment it
@@ -206,10 +212,11 @@ func (b *budget) roll(now time.Time) {
 		b.peak, b.peakAt = taken, now
 	}
 	if tenth-b.tenth >= int64(len(b.taken)) {
-		b.taken, b.tenth = [10]int{}, tenth
+		b.taken, b.refusedBy, b.tenth = [10]int{}, [10]int{}, tenth
 	}
 	for ; b.tenth < tenth; b.tenth++ {
 		b.taken[(b.tenth+1)%10] = 0
+		b.refusedBy[(b.tenth+1)%10] = 0
 	}
 }
 
@@ -316,9 +323,16 @@ func (b *budget) take(client string, configured int, now time.Time) (ok bool, wa
 		}
 		// The sooner of: its credit and a token, or a token above the
 		// reserve.
-		withCredit := max((1-credit)/share, (1-b.tokens)/limit)
-		aboveReserve := (reserve + b.owed + 1 - b.tokens) / limit
-		return false, time.Duration(min(withCredit, aboveReserve) * float64(time.Second)), limit
+		floor := 1.0 // the tokens its credit may reach down to
+		if !light {
+			floor = reserve + 1
+		}
+		withCredit := max((1-credit)/share, (floor-b.tokens)/limit)
+		withoutCredit := (reserve + b.owed + 1 - b.tokens) / limit
+		// Never less than a call's worth: a client told to retry at once
+		// would get no Retry-After.
+		wait := max(min(withCredit, withoutCredit), 1/limit)
+		return false, time.Duration(wait * float64(time.Second)), limit
 	}
 	b.tokens--
 	b.taken[b.tenth%10]++
@@ -335,18 +349,29 @@ func (b *budget) answered(status int, configured int, now time.Time) {
 	defer b.mu.Unlock()
 	b.roll(now)
 	b.taken[b.tenth%10]-- // sent, and not taken
-	b.lastRefused = now
+	b.refusedBy[b.tenth%10]++
 	if configured > 0 {
 		return // another client of the account, or another gateway: passed on as it is
 	}
+	// A region past its rate refuses many calls at once; a 429 now and
+	// then is for something else (a cache's own limit, an item's
+	// throughput), and must not hold every client's rate down.
+	refused, taken := 0, b.lastSecond()
+	for _, n := range b.refusedBy {
+		refused += n
+	}
+	if refused < budgetEvidence || float64(refused) < 0.05*float64(taken+refused) {
+		return
+	}
+	b.lastRefused = now
 	switch {
 	case b.learned == 0 || now.After(b.held):
-		b.learned, b.raised, b.lowered, b.ceiling = float64(max(1, b.lastSecond(), b.peak)), now, now, 0
+		b.learned, b.raised, b.lowered, b.ceiling = float64(max(1, taken, b.peak)), now, now, 0
 	case now.Sub(b.lowered) >= budgetLowerEvery:
 		// Refused within the budget: it is above the region's rate (what
 		// the region took in a second included its burst), or the account
-		// is busier.
-		b.ceiling = b.learned
+		// is busier. It rises again no higher than what the region took.
+		b.ceiling = min(b.learned, float64(max(1, taken)))
 		b.learned, b.raised, b.lowered = max(1, b.learned*0.9), now, now
 	}
 	b.held = now.Add(budgetHold)

@@ -10,14 +10,19 @@ import (
 // flooding runs a budget of limit calls a second for the given time, in
 // steps of two milliseconds: each flooding address asks every step, the
 // polite one every politeEvery. It returns the polite client's calls let
-// through and asked, and all calls let through.
-func flooding(b *budget, limit, flooders int, politeEvery, d time.Duration) (politeOK, politeAsked, total int) {
+// through and asked, all calls let through, and the refusals that said
+// to retry at once (there should be none: they would get no Retry-After).
+func flooding(b *budget, limit, flooders int, politeEvery, d time.Duration) (politeOK, politeAsked, total, noWait int) {
 	start := time.Unix(1000, 0)
 	for step := time.Duration(0); step < d; step += 2 * time.Millisecond {
 		now := start.Add(step)
 		for f := range flooders {
-			if ok, _, _ := b.take(fmt.Sprintf("10.0.0.%d", f), limit, now); ok {
+			ok, wait, _ := b.take(fmt.Sprintf("10.0.0.%d", f), limit, now)
+			switch {
+			case ok:
 				total++
+			case wait <= 0:
+				noWait++
 			}
 		}
 		if step%politeEvery == politeEvery/2 { // not in step with the flood
@@ -47,7 +52,10 @@ func TestBudgetServesEachAddressItsShare(t *testing.T) {
 	} {
 		t.Run(fmt.Sprintf("%d flooding", tc.flooders), func(t *testing.T) {
 			const limit, d = 100, 6 * time.Second
-			ok, asked, total := flooding(&budget{kind: budgetOps}, limit, tc.flooders, tc.politeEvery, d)
+			ok, asked, total, noWait := flooding(&budget{kind: budgetOps}, limit, tc.flooders, tc.politeEvery, d)
+			if noWait > 0 {
+				t.Errorf("%d refusals said to retry at once", noWait)
+			}
 			share := 0.9 * float64(limit) / float64(tc.flooders+2) * d.Seconds()
 			if want := min(asked, int(share)); ok < want {
 				t.Errorf("the polite client got %d of %d calls, its share %.0f", ok, asked, share)
@@ -100,9 +108,16 @@ func TestBudgetLearnsTheRegionsRate(t *testing.T) {
 			t.Fatal("a region that never refused is metered")
 		}
 	}
+	// One 429 is not the region's rate: it may refuse for a cache's own
+	// limit, say. Three in a second are.
+	b.answered(http.StatusTooManyRequests, 0, at(950*time.Millisecond))
+	if st := b.status(0, at(950*time.Millisecond)); st.PerSecond != 0 {
+		t.Fatalf("metered after one 429: %+v", st)
+	}
+	b.answered(http.StatusTooManyRequests, 0, at(955*time.Millisecond))
 	b.answered(http.StatusTooManyRequests, 0, at(960*time.Millisecond))
-	if st := b.status(0, at(960*time.Millisecond)); st.PerSecond != 50 || !st.Learned {
-		t.Fatalf("after the region took 50 of 51 calls in the last second: %+v", st)
+	if st := b.status(0, at(960*time.Millisecond)); st.PerSecond != 48 || !st.Learned {
+		t.Fatalf("after the region took 48 of 51 calls in the last second: %+v", st)
 	}
 	// The budget starts empty, as the region's bucket is.
 	if ok, _, _ := b.take("b", 0, at(961*time.Millisecond)); ok {
@@ -115,25 +130,25 @@ func TestBudgetLearnsTheRegionsRate(t *testing.T) {
 	// budgetLowerEvery however many calls were on their way.
 	b.answered(http.StatusTooManyRequests, 0, at(1100*time.Millisecond))
 	b.answered(http.StatusTooManyRequests, 0, at(1150*time.Millisecond))
-	if st := b.status(0, at(1150*time.Millisecond)); st.PerSecond != 45 {
-		t.Fatalf("after two refusals 50 ms apart: %d a second, want 45", st.PerSecond)
+	if st := b.status(0, at(1150*time.Millisecond)); st.PerSecond != 43 {
+		t.Fatalf("after two refusals 50 ms apart: %d a second, want 43", st.PerSecond)
 	}
 	// The budget keeps refusing the flood, the region refuses nothing: a
 	// tenth more after budgetRaiseEvery, and no more than just under the
-	// 50 the region refused.
+	// 48 the region took when it refused.
 	var refused bool
 	for d := 1200 * time.Millisecond; d <= 1150*time.Millisecond+budgetHold; d += 50 * time.Millisecond {
 		if ok, _, _ := b.take("a", 0, at(d)); !ok {
 			refused = true
 		}
 		if d == 1150*time.Millisecond+budgetRaiseEvery {
-			if st := b.status(0, at(d)); st.PerSecond != 47 {
-				t.Fatalf("after budgetRaiseEvery without the region refusing: %+v, want 47 a second", st)
+			if st := b.status(0, at(d)); st.PerSecond != 45 {
+				t.Fatalf("after budgetRaiseEvery without the region refusing: %+v, want 45 a second", st)
 			}
 		}
 	}
-	if st := b.status(0, at(1150*time.Millisecond+budgetHold)); !refused || st.PerSecond != 47 {
-		t.Fatalf("after budgetHold without the region refusing: %+v (a refused: %v), want 47 a second", st, refused)
+	if st := b.status(0, at(1150*time.Millisecond+budgetHold)); !refused || st.PerSecond != 45 {
+		t.Fatalf("after budgetHold without the region refusing: %+v (a refused: %v), want 45 a second", st, refused)
 	}
 	// Nobody refused for budgetHold: no longer metered.
 	if ok, _, _ := b.take("a", 0, at(1150*time.Millisecond+3*budgetHold)); !ok {
@@ -156,8 +171,33 @@ func TestBudgetRemembersWhatTheRegionTook(t *testing.T) {
 	for i := range 10 {
 		b.take("a", 0, now.Add(5*time.Second+time.Duration(i)*time.Second))
 	}
-	b.answered(http.StatusTooManyRequests, 0, now.Add(20*time.Second))
+	for range 3 {
+		b.answered(http.StatusTooManyRequests, 0, now.Add(20*time.Second))
+	}
 	if st := b.status(0, now.Add(20*time.Second)); st.PerSecond < 80 {
 		t.Fatalf("learned %d a second at a quiet moment, after the region took 80 in a second", st.PerSecond)
+	}
+}
+
+// A region that refuses a call now and then, while it takes all the
+// others, is not at its rate: nobody is metered, however long it goes on
+// (a client's oversized items, or a cache of its own with a lower limit,
+// would otherwise hold every client's rate down).
+func TestBudgetIgnoresA429NowAndThen(t *testing.T) {
+	b := &budget{kind: budgetOps}
+	now := time.Unix(1000, 0)
+	for ms := range 60_000 {
+		at := now.Add(time.Duration(ms) * time.Millisecond)
+		if ms%33 == 0 { // 30 calls a second
+			if ok, _, _ := b.take(fmt.Sprintf("10.0.0.%d", ms%30), 0, at); !ok {
+				t.Fatalf("a call refused at %v", at.Sub(now))
+			}
+		}
+		if ms%1900 == 0 {
+			b.answered(http.StatusTooManyRequests, 0, at)
+		}
+	}
+	if st := b.status(0, now.Add(time.Minute)); st.PerSecond != 0 || st.Refused != 0 {
+		t.Fatalf("status %+v", st)
 	}
 }
