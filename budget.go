@@ -16,10 +16,9 @@ import (
 // looping over writes would take them from every other. So each region
 // meters its calls against a budget a second: the limit configured
 // (max_ops_per_second, max_publishes_per_second), or without one, a rate
-// learned from its 429s: the most it took in a second within the last
-// minute when it first refused, then following it (see budgetHold). With
-// neither, nothing is metered: a region that never refuses is never held
-// back.
+// learned from its 429s: what it took in the last second when it began to
+// refuse, then following it (see budgetHold). With neither, nothing is
+// metered: a region that never refuses is never held back.
 //
 // The budget is a token bucket refilled at the limit a second and holding
 // a second's worth. Each address asking has a share of it: nine tenths of
@@ -31,29 +30,28 @@ import (
 // without credit may take only the tokens that no asking address's credit
 // is owed, and the reserve besides, first come, first served. So a client
 // asking within its share is served, however many others flood, and what
-// the others leave goes to whoever asks. Sharing is per address: an attacker with many
-// addresses gets a share for each, and past maxBudgetClients addresses
-// asking at once, a new one gets only what is left.
+// the others leave goes to whoever asks. Sharing is per address: an
+// attacker with many addresses gets a share for each, and past
+// maxBudgetClients addresses, a new one gets only what is left.
 
-// How a learned limit follows the region. It is kept until budgetHold
-// after the region last refused a call or the budget last refused a
-// client. It falls by a tenth when the region refuses a call the budget
-// let through, at most once each budgetLowerEvery (calls already on their
-// way when it refused one are refused too, and say nothing new), and
-// rises by a tenth each budgetRaiseEvery without such a refusal, so that
-// a limit learned too low (the region refused for another reason, or the
-// account's limit was raised) does not hold clients back for long; within
-// budgetPeakSeconds of a refusal, it rises no higher than just under the
-// rate the region refused.
-//
-// Only a region refusing at least budgetEvidence calls in a second, and a
-// twentieth of those it was sent, is taken to be at its rate.
+// How a learned limit follows the region. Only a region refusing at least
+// budgetEvidence calls in the last second is taken to be at its rate (a
+// 429 now and then is for something else: a cache's own limit, an item's
+// throughput). The limit is kept until budgetHold after the region last
+// refused or the budget last refused a client. It falls by a tenth when
+// the region refuses while the budget sends near it, at most once each
+// budgetLowerEvery (calls already on their way when it refused one are
+// refused too, and say nothing new). It rises by a tenth each
+// budgetRaiseEvery without such a refusal, so that a limit learned too
+// low (the account's limit was raised, say) does not hold clients back
+// for long; within budgetCeilingFor of a refusal, it rises no higher than
+// just under what the region took then.
 const (
-	budgetHold        = 10 * time.Second
-	budgetLowerEvery  = 100 * time.Millisecond
-	budgetRaiseEvery  = 2 * time.Second
-	budgetPeakSeconds = 60 // see peak
-	budgetEvidence    = 3
+	budgetHold       = 10 * time.Second
+	budgetLowerEvery = 100 * time.Millisecond
+	budgetRaiseEvery = 2 * time.Second
+	budgetCeilingFor = time.Minute
+	budgetEvidence   = 2
 )
 
 // maxBudgetClients bounds the addresses a budget keeps a share for. Past
@@ -114,12 +112,6 @@ type budget struct {
 	tenth int64
 	// refusedBy counts the region's 429s likewise.
 	refusedBy [10]int
-	// peak is the most the region took in a second (as taken counts it,
-	// at the end of each tenth) within the last budgetPeakSeconds: what
-	// it took without refusing is a limit it has, whatever the moment it
-	// refused.
-	peak   int
-	peakAt time.Time
 
 	refused int64 // clients refused by the budget, for the admin API
 }
@@ -207,10 +199,6 @@ func (b *budget) roll(now time.Time) {
 	if tenth == b.tenth {
 		return
 	}
-	// A tenth has ended: the last second's count is as high as it gets.
-	if taken := b.lastSecond(); taken >= b.peak || now.Sub(b.peakAt) > budgetPeakSeconds*time.Second {
-		b.peak, b.peakAt = taken, now
-	}
 	if tenth-b.tenth >= int64(len(b.taken)) {
 		b.taken, b.refusedBy, b.tenth = [10]int{}, [10]int{}, tenth
 	}
@@ -245,7 +233,7 @@ func (b *budget) limit(configured int, now time.Time) float64 {
 	}
 	if now.Sub(b.raised) >= budgetRaiseEvery && now.Sub(b.lastRefused) >= budgetRaiseEvery {
 		raised := b.learned * 1.1
-		if b.ceiling > 0 && now.Sub(b.lastRefused) < budgetPeakSeconds*time.Second {
+		if b.ceiling > 0 && now.Sub(b.lastRefused) < budgetCeilingFor {
 			raised = min(raised, max(b.learned, b.ceiling*0.95))
 		}
 		b.learned, b.raised = raised, now
@@ -340,9 +328,18 @@ func (b *budget) take(client string, configured int, now time.Time) (ok bool, wa
 }
 
 // answered records the region's answer to a call the budget let through:
-// a 429 teaches it the region's limit (unless one is configured).
+// its 429s teach the budget the region's rate (unless one is configured).
 func (b *budget) answered(status int, configured int, now time.Time) {
-	if status != http.StatusTooManyRequests {
+	switch status {
+	case http.StatusTooManyRequests:
+	case http.StatusBadRequest, http.StatusUnauthorized, http.StatusForbidden:
+		// Refused for what it asked: not an operation the region performed.
+		b.mu.Lock()
+		b.roll(now)
+		b.taken[b.tenth%10]--
+		b.mu.Unlock()
+		return
+	default:
 		return
 	}
 	b.mu.Lock()
@@ -353,24 +350,29 @@ func (b *budget) answered(status int, configured int, now time.Time) {
 	if configured > 0 {
 		return // another client of the account, or another gateway: passed on as it is
 	}
-	// A region past its rate refuses many calls at once; a 429 now and
-	// then is for something else (a cache's own limit, an item's
-	// throughput), and must not hold every client's rate down.
+	// A region at its rate refuses calls second after second; a 429 now
+	// and then is for something else (a cache's own limit, an item's
+	// throughput), and must not hold every client's rate down. Nor is a
+	// refusal while the budget sends well under its rate.
 	refused, taken := 0, b.lastSecond()
 	for _, n := range b.refusedBy {
 		refused += n
 	}
-	if refused < budgetEvidence || float64(refused) < 0.05*float64(taken+refused) {
+	metered := b.learned > 0 && !now.After(b.held)
+	if refused < budgetEvidence || metered && float64(taken+refused) < 0.8*b.learned {
 		return
 	}
 	b.lastRefused = now
 	switch {
-	case b.learned == 0 || now.After(b.held):
-		b.learned, b.raised, b.lowered, b.ceiling = float64(max(1, taken, b.peak)), now, now, 0
+	case !metered:
+		// What it took in the last second; it rises no higher (see limit).
+		b.learned = float64(max(1, taken))
+		b.ceiling, b.raised, b.lowered = b.learned, now, now
 	case now.Sub(b.lowered) >= budgetLowerEvery:
 		// Refused within the budget: it is above the region's rate (what
-		// the region took in a second included its burst), or the account
-		// is busier. It rises again no higher than what the region took.
+		// the region took in the second it first refused included its
+		// burst), or the account is busier. It rises again no higher than
+		// what the region took.
 		b.ceiling = min(b.learned, float64(max(1, taken)))
 		b.learned, b.raised, b.lowered = max(1, b.learned*0.9), now, now
 	}
