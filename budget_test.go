@@ -159,7 +159,6 @@ func TestBudgetLearnsTheRegionsRate(t *testing.T) {
 	}
 }
 
-
 // A region that refuses a call now and then, while it takes all the
 // others, is not at its rate: nobody is metered, however long it goes on
 // (a client's oversized items, or a cache of its own with a lower limit,
