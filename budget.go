@@ -3,6 +3,7 @@ package momento
 import (
 	"fmt"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -22,17 +23,18 @@ import (
 //
 // The budget is a token bucket refilled at the limit a second and holding
 // a second's worth. Each address asking has a share of it: nine tenths of
-// the limit divided among the addresses that asked in the last second,
-// plus one more that may come. An address's share accrues as credit (up
+// the limit divided among the networks that asked in the last second
+// (plus one more that may come), and within a network among its addresses
+// (see budgetGroup). An address's share accrues as credit (up
 // to a second's share, and at least one call). A call paid with credit
 // may take any token but the reserve (a fifth of the bucket), which only
 // an address asking for little more than its share may take. A call
 // without credit may take only the tokens that no asking address's credit
 // is owed, and the reserve besides, first come, first served. So a client
 // asking within its share is served, however many others flood, and what
-// the others leave goes to whoever asks. Sharing is per address: an
-// attacker with many addresses gets a share for each, and past
-// maxBudgetClients addresses, a new one gets only what is left.
+// the others leave goes to whoever asks. An attacker with many IPv4
+// addresses gets a share for each, and past maxBudgetClients addresses, a
+// new one gets only what is left.
 
 // How a learned limit follows the region. Only a region refusing at least
 // budgetEvidence calls in the last second is taken to be at its rate (a
@@ -96,9 +98,9 @@ type budget struct {
 	// while metered, with their credit.
 	clients map[string]*budgetClient
 	swept   int64 // the unix second clients was last swept
-	// asking counts the clients that asked within a second of the last
-	// sweep, and those new since.
-	asking int
+	// groups counts the clients of each network (see budgetGroup) that
+	// asked within a second of the last sweep, and those new since.
+	groups map[string]int
 	// owed is the credit of all clients, as of owedAt, less what was
 	// spent since.
 	owed   float64
@@ -118,6 +120,7 @@ type budget struct {
 
 // budgetClient is one address's share of a budget.
 type budgetClient struct {
+	group  string    // its network (see budgetGroup)
 	credit float64   // calls it may make from its share, as of at
 	at     time.Time // when credit was last brought up to date
 	seen   time.Time // when it last asked
@@ -183,13 +186,13 @@ func (rg *region) budget(o op) (*budget, int) {
 func (b *budget) roll(now time.Time) {
 	if s := now.Unix(); s != b.swept {
 		b.swept = s
-		b.asking = 0
+		clear(b.groups)
 		for addr, c := range b.clients {
 			switch idle := now.Sub(c.seen); {
 			case idle > budgetForget:
 				delete(b.clients, addr)
 			case idle <= time.Second:
-				b.asking++
+				b.groups[c.group]++
 			}
 		}
 		b.owedAt = time.Time{} // summed again on the next call
@@ -267,17 +270,18 @@ func (b *budget) take(client string, configured int, now time.Time) (ok bool, wa
 			b.clients = map[string]*budgetClient{}
 		}
 		// A newcomer may make its first call at once.
-		c = &budgetClient{at: now, credit: 1, seen: now}
+		c = &budgetClient{group: budgetGroup(client), at: now, credit: 1, seen: now}
 		b.clients[client] = c
-		b.asking++
+		if b.groups == nil {
+			b.groups = map[string]int{}
+		}
+		b.groups[c.group]++
 		b.owed++
 	}
-	// Nine tenths shared out, so that credit is not spent as fast as the
-	// bucket fills, and a client with credit finds a token.
-	share := 0.9 * limit / float64(b.asking+1)
-	burst := max(1, share)
-	credit, light := 0.0, false
+	credit, light, share := 0.0, false, 0.9*limit
 	if c != nil {
+		share = b.share(c, limit)
+		burst := max(1, share)
 		c.seen = now
 		c.credit = min(burst, c.credit+now.Sub(c.at).Seconds()*share)
 		c.at = now
@@ -290,7 +294,8 @@ func (b *budget) take(client string, configured int, now time.Time) (ok bool, wa
 		b.owed, b.owedAt = 0, now
 		for _, o := range b.clients {
 			if now.Sub(o.seen) <= time.Second {
-				b.owed += min(burst, o.credit+now.Sub(o.at).Seconds()*share)
+				share := b.share(o, limit)
+				b.owed += min(max(1, share), o.credit+now.Sub(o.at).Seconds()*share)
 			}
 		}
 	}
@@ -325,6 +330,28 @@ func (b *budget) take(client string, configured int, now time.Time) (ok bool, wa
 	b.tokens--
 	b.taken[b.tenth%10]++
 	return true, 0, limit
+}
+
+// share is what c earns a second: nine tenths of the limit (so that
+// credit is not spent as fast as the bucket fills, and a client with
+// credit finds a token) divided among the networks asking, plus one for a
+// newcomer, and within its network among its addresses asking. Callers
+// hold b.mu.
+func (b *budget) share(c *budgetClient, limit float64) float64 {
+	return 0.9 * limit / float64(len(b.groups)+1) / float64(max(1, b.groups[c.group]))
+}
+
+// budgetGroup is the network an address shares with: an IPv6 client (a
+// /64, see clientAddress) shares its /48, one site's allocation, so that
+// a host with many /64s takes one share among the networks; an IPv4
+// address is its own.
+func budgetGroup(client string) string {
+	if p, err := netip.ParsePrefix(client); err == nil && p.Addr().Is6() {
+		if g, err := p.Addr().Prefix(48); err == nil {
+			return g.String()
+		}
+	}
+	return client
 }
 
 // answered records the region's answer to a call the budget let through:

@@ -12,12 +12,12 @@ import (
 // polite one every politeEvery. It returns the polite client's calls let
 // through and asked, all calls let through, and the refusals that said
 // to retry at once (there should be none: they would get no Retry-After).
-func flooding(b *budget, limit, flooders int, politeEvery, d time.Duration) (politeOK, politeAsked, total, noWait int) {
+func flooding(b *budget, limit int, flooders []string, polite string, politeEvery, d time.Duration) (politeOK, politeAsked, total, noWait int) {
 	start := time.Unix(1000, 0)
 	for step := time.Duration(0); step < d; step += 2 * time.Millisecond {
 		now := start.Add(step)
-		for f := range flooders {
-			ok, wait, _ := b.take(fmt.Sprintf("10.0.0.%d", f), limit, now)
+		for _, f := range flooders {
+			ok, wait, _ := b.take(f, limit, now)
 			switch {
 			case ok:
 				total++
@@ -25,9 +25,9 @@ func flooding(b *budget, limit, flooders int, politeEvery, d time.Duration) (pol
 				noWait++
 			}
 		}
-		if step%politeEvery == politeEvery/2 { // not in step with the flood
+		if (step+politeEvery/2)%politeEvery < 2*time.Millisecond { // not in step with the flood
 			politeAsked++
-			if ok, _, _ := b.take("192.0.2.1", limit, now); ok {
+			if ok, _, _ := b.take(polite, limit, now); ok {
 				politeOK++
 				total++
 			}
@@ -41,22 +41,42 @@ func flooding(b *budget, limit, flooders int, politeEvery, d time.Duration) (pol
 // every call, and the flood takes the rest, within the limit.
 func TestBudgetServesEachAddressItsShare(t *testing.T) {
 	t.Parallel()
+	ipv4 := func(n int) (addrs []string) {
+		for i := range n {
+			addrs = append(addrs, fmt.Sprintf("10.0.%d.%d", i/256, i%256))
+		}
+		return
+	}
 	for _, tc := range []struct {
-		flooders    int
+		name        string
+		flooders    []string
+		polite      string
 		politeEvery time.Duration // under its share of 100 a second
+		share       float64       // the polite client's, a second
 	}{
-		{1, 50 * time.Millisecond},   // 20 a second, share 30
-		{10, 100 * time.Millisecond}, // 10, share 7.5: past it, its share
-		{50, time.Second},            // 1, share 1.7
-		{200, 2 * time.Second},       // 0.5, share 0.45: past it, its share
+		{"1 address", ipv4(1), "192.0.2.1", 50 * time.Millisecond, 30},       // asks 20 a second
+		{"10 addresses", ipv4(10), "192.0.2.1", 100 * time.Millisecond, 7.5}, // 10: past it, its share
+		{"50 addresses", ipv4(50), "192.0.2.1", time.Second, 1.7},
+		{"200 addresses", ipv4(200), "192.0.2.1", 2 * time.Second, 0.45}, // 0.5: past it, its share
+		// An IPv6 host with 500 /64s in one /48 is one network: the
+		// polite client in another /48 shares the budget with it alone.
+		{"500 IPv6 /64s of one /48", func() (addrs []string) {
+			for i := range 500 {
+				addrs = append(addrs, fmt.Sprintf("2001:db8:1:%x::/64", i))
+			}
+			return
+		}(), "2001:db8:2::/64", 50 * time.Millisecond, 30},
 	} {
-		t.Run(fmt.Sprintf("%d flooding", tc.flooders), func(t *testing.T) {
+		t.Run(tc.name, func(t *testing.T) {
 			const limit, d = 100, 6 * time.Second
-			ok, asked, total, noWait := flooding(&budget{kind: budgetOps}, limit, tc.flooders, tc.politeEvery, d)
+			ok, asked, total, noWait := flooding(&budget{kind: budgetOps}, limit, tc.flooders, tc.polite, tc.politeEvery, d)
 			if noWait > 0 {
 				t.Errorf("%d refusals said to retry at once", noWait)
 			}
-			share := 0.9 * float64(limit) / float64(tc.flooders+2) * d.Seconds()
+			if asked < int(d/tc.politeEvery) {
+				t.Fatalf("the polite client asked %d times", asked)
+			}
+			share := tc.share * d.Seconds()
 			if want := min(asked, int(share)); ok < want {
 				t.Errorf("the polite client got %d of %d calls, its share %.0f", ok, asked, share)
 			}
