@@ -22,19 +22,19 @@ import (
 // metered: a region that never refuses is never held back.
 //
 // The budget is a token bucket refilled at the limit a second and holding
-// a second's worth. Each address asking has a share of it: nine tenths of
-// the limit divided among the networks that asked in the last second
-// (plus one more that may come), and within a network among its addresses
-// (see budgetGroup). An address's share accrues as credit (up
-// to a second's share, and at least one call). A call paid with credit
+// a second's worth. Each network asking (see budgetGroup) has a share of
+// it: nine tenths of the limit divided among the networks that asked in
+// the last second, plus one more that may come. A network's share accrues
+// as credit (up to a second's share, and at least one call), which its
+// addresses draw on, first come, first served. A call paid with credit
 // may take any token but the reserve (a fifth of the bucket), which only
 // an address asking for little more than its share may take. A call
-// without credit may take only the tokens that no asking address's credit
+// without credit may take only the tokens that no asking network's credit
 // is owed, and the reserve besides, first come, first served. So a client
-// asking within its share is served, however many others flood, and what
-// the others leave goes to whoever asks. An attacker with many IPv4
-// addresses gets a share for each, and past maxBudgetClients addresses, a
-// new one gets only what is left.
+// asking within its network's share is served, however many others flood,
+// and what the others leave goes to whoever asks. An attacker with many
+// IPv4 addresses (or IPv6 /48s) gets a share for each, and past
+// maxBudgetClients networks, a new one gets only what is left.
 
 // How a learned limit follows the region. Only a region refusing at least
 // budgetEvidence calls in the last second is taken to be at its rate (a
@@ -62,9 +62,13 @@ const (
 // An address is remembered that long so that one asking now and then
 // keeps the credit it has earned; it counts in the shares only while it
 // asks (within the last second).
+//
+// One network keeps at most maxBudgetGroupClients addresses: it takes one
+// share however many it has, and must not fill the table for the others.
 const (
-	maxBudgetClients = 4096
-	budgetForget     = 10 * time.Second
+	maxBudgetClients      = 4096
+	maxBudgetGroupClients = 256
+	budgetForget          = 10 * time.Second
 )
 
 // budgetOwedEvery spaces the sums of the credit owed to all addresses
@@ -99,8 +103,10 @@ type budget struct {
 	clients map[string]*budgetClient
 	swept   int64 // the unix second clients was last swept
 	// groups counts the clients of each network (see budgetGroup) that
-	// asked within a second of the last sweep, and those new since.
-	groups map[string]int
+	// asked within a second of the last sweep, and those new since; ledgers
+	// are the networks' credit.
+	groups  map[string]int
+	ledgers map[string]*budgetLedger
 	// owed is the credit of all clients, as of owedAt, less what was
 	// spent since.
 	owed   float64
@@ -120,14 +126,20 @@ type budget struct {
 
 // budgetClient is one address's share of a budget.
 type budgetClient struct {
-	group  string    // its network (see budgetGroup)
-	credit float64   // calls it may make from its share, as of at
-	at     time.Time // when credit was last brought up to date
-	seen   time.Time // when it last asked
+	group string    // its network (see budgetGroup)
+	seen  time.Time // when it last asked
 	// asked counts its requests, let through or not, in the unix second
 	// second, and askedBefore in the one before.
 	second             int64
 	asked, askedBefore int
+}
+
+// budgetLedger is one network's share of a budget: the credit its
+// addresses draw on.
+type budgetLedger struct {
+	credit float64   // calls its addresses may make from its share, as of at
+	at     time.Time // when credit was last brought up to date
+	seen   time.Time // when one of its addresses last asked
 }
 
 // demand estimates the requests of c in the last second, let through or
@@ -193,6 +205,11 @@ func (b *budget) roll(now time.Time) {
 				delete(b.clients, addr)
 			case idle <= time.Second:
 				b.groups[c.group]++
+			}
+		}
+		for g, l := range b.ledgers {
+			if now.Sub(l.seen) > budgetForget {
+				delete(b.ledgers, g)
 			}
 		}
 		b.owedAt = time.Time{} // summed again on the next call
@@ -264,38 +281,49 @@ func (b *budget) take(client string, configured int, now time.Time) (ok bool, wa
 	b.tokens = min(limit, b.tokens+now.Sub(b.at).Seconds()*b.rate)
 	b.rate, b.at = limit, now
 
+	if b.clients == nil {
+		b.clients, b.groups, b.ledgers = map[string]*budgetClient{}, map[string]int{}, map[string]*budgetLedger{}
+	}
 	c := b.clients[client]
-	if c == nil && len(b.clients) < maxBudgetClients {
-		if b.clients == nil {
-			b.clients = map[string]*budgetClient{}
-		}
-		// A newcomer may make its first call at once.
-		c = &budgetClient{group: budgetGroup(client), at: now, credit: 1, seen: now}
+	group := budgetGroup(client)
+	if c != nil {
+		group = c.group
+	} else if len(b.clients) < maxBudgetClients && b.groups[group] < maxBudgetGroupClients {
+		c = &budgetClient{group: group, seen: now}
 		b.clients[client] = c
-		if b.groups == nil {
-			b.groups = map[string]int{}
-		}
-		b.groups[c.group]++
+		b.groups[group]++
+	}
+	l := b.ledgers[group]
+	if l == nil && len(b.ledgers) < maxBudgetClients {
+		// A newcomer network may make its first call at once.
+		l = &budgetLedger{credit: 1, at: now}
+		b.ledgers[group] = l
+		b.groups[group] = max(1, b.groups[group])
 		b.owed++
 	}
-	credit, light, share := 0.0, false, 0.9*limit
+	// Nine tenths shared out (so that credit is not spent as fast as the
+	// bucket fills, and a client with credit finds a token) among the
+	// networks asking, and one more that may come.
+	share := 0.9 * limit / float64(len(b.groups)+1)
+	burst := max(1, share)
+	credit, light := 0.0, false
+	if l != nil {
+		l.seen = now
+		l.credit = min(burst, l.credit+now.Sub(l.at).Seconds()*share)
+		l.at = now
+		credit = l.credit
+	}
 	if c != nil {
-		share = b.share(c, limit)
-		burst := max(1, share)
 		c.seen = now
-		c.credit = min(burst, c.credit+now.Sub(c.at).Seconds()*share)
-		c.at = now
-		credit = c.credit
 		light = c.demand(now) <= 2*burst
 	}
 	if now.Sub(b.owedAt) >= budgetOwedEvery {
-		// Owed to the clients asking: one that asks now and then finds
+		// Owed to the networks asking: one that asks now and then finds
 		// its token in the reserve.
 		b.owed, b.owedAt = 0, now
-		for _, o := range b.clients {
+		for _, o := range b.ledgers {
 			if now.Sub(o.seen) <= time.Second {
-				share := b.share(o, limit)
-				b.owed += min(max(1, share), o.credit+now.Sub(o.at).Seconds()*share)
+				b.owed += min(burst, o.credit+now.Sub(o.at).Seconds()*share)
 			}
 		}
 	}
@@ -306,7 +334,7 @@ func (b *budget) take(client string, configured int, now time.Time) (ok bool, wa
 		// than its share (a client that keeps asking when refused, as a
 		// flood does, would otherwise win every token the moment it
 		// comes, and the reserve is for the others).
-		c.credit--
+		l.credit--
 		b.owed--
 	case b.tokens-1 >= reserve+b.owed:
 	default:
@@ -332,19 +360,10 @@ func (b *budget) take(client string, configured int, now time.Time) (ok bool, wa
 	return true, 0, limit
 }
 
-// share is what c earns a second: nine tenths of the limit (so that
-// credit is not spent as fast as the bucket fills, and a client with
-// credit finds a token) divided among the networks asking, plus one for a
-// newcomer, and within its network among its addresses asking. Callers
-// hold b.mu.
-func (b *budget) share(c *budgetClient, limit float64) float64 {
-	return 0.9 * limit / float64(len(b.groups)+1) / float64(max(1, b.groups[c.group]))
-}
-
-// budgetGroup is the network an address shares with: an IPv6 client (a
-// /64, see clientAddress) shares its /48, one site's allocation, so that
-// a host with many /64s takes one share among the networks; an IPv4
-// address is its own.
+// budgetGroup is the network an address shares its share with: an IPv6
+// client (a /64, see clientAddress) shares its /48, one site's allocation,
+// so that a host with many /64s takes one share, whether they flood or
+// each asks now and then; an IPv4 address is its own.
 func budgetGroup(client string) string {
 	if p, err := netip.ParsePrefix(client); err == nil && p.Addr().Is6() {
 		if g, err := p.Addr().Prefix(48); err == nil {
