@@ -56,12 +56,12 @@ const (
 	budgetEvidence   = 2
 )
 
-// maxBudgetClients bounds the addresses a budget keeps a share for. Past
-// it, a new address takes only what no share is owed, until the addresses
-// that stopped asking are forgotten, budgetForget after they last asked.
-// An address is remembered that long so that one asking now and then
-// keeps the credit it has earned; it counts in the shares only while it
-// asks (within the last second).
+// maxBudgetClients bounds the addresses a budget keeps (for their demand)
+// and the networks (for their credit). Past it, a new one takes only what
+// no share is owed, until those that stopped asking are forgotten,
+// budgetForget after they last asked. A network is remembered that long
+// so that one asking now and then keeps the credit it has earned; it
+// counts in the shares only while it asks (within the last second).
 //
 // One network keeps at most maxBudgetGroupClients addresses: it takes one
 // share however many it has, and must not fill the table for the others.
@@ -71,7 +71,7 @@ const (
 	budgetForget          = 10 * time.Second
 )
 
-// budgetOwedEvery spaces the sums of the credit owed to all addresses
+// budgetOwedEvery spaces the sums of the credit owed to all networks
 // (between them, a credit spent is taken off, and what accrues is not
 // counted: a hundredth of a second of the limit at most).
 const budgetOwedEvery = 10 * time.Millisecond
@@ -93,13 +93,16 @@ type budget struct {
 	lastRefused time.Time
 	ceiling     float64
 
-	// The bucket, at the rate in force when it was last refilled.
+	// The bucket, at the rate in force when it was last refilled. Written
+	// here rather than with x/time/rate (as max_ops_per_client is): the
+	// budget reads how full it is (the reserve, what is owed), and empties
+	// it when the region refuses.
 	rate   float64
 	tokens float64
 	at     time.Time
 
-	// clients are the addresses that asked in the last second or so,
-	// while metered, with their credit.
+	// clients are the addresses that asked within budgetForget, while
+	// metered, with their demand.
 	clients map[string]*budgetClient
 	swept   int64 // the unix second clients was last swept
 	// groups counts the clients of each network (see budgetGroup) that
@@ -107,8 +110,8 @@ type budget struct {
 	// are the networks' credit.
 	groups  map[string]int
 	ledgers map[string]*budgetLedger
-	// owed is the credit of all clients, as of owedAt, less what was
-	// spent since.
+	// owed is the credit of the networks asking, as of owedAt, less what
+	// was spent since.
 	owed   float64
 	owedAt time.Time
 
@@ -124,7 +127,8 @@ type budget struct {
 	refused int64 // clients refused by the budget, for the admin API
 }
 
-// budgetClient is one address's share of a budget.
+// budgetClient is one address asking of a budget: its network, and how
+// much it asks (see light in take).
 type budgetClient struct {
 	group string    // its network (see budgetGroup)
 	seen  time.Time // when it last asked
