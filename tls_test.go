@@ -43,9 +43,12 @@ func TestOverHTTPSWithEachProtocol(t *testing.T) {
 				case <-r.Context().Done():
 				}
 			}))
+			// A region of the same backend under a budget of one call a
+			// second (see budget.go).
+			budgeted := strings.Replace(regionBlock("budgeted", up.URL, "t"), "\t\t}\n", "\t\t\tmax_ops_per_second 1\n\t\t}\n", 1)
 			regions := regionBlock("r", up.URL, "t") + regionBlock("cut", cut.URL, "t") +
-				regionBlock("failing", failing.URL, "t") + regionBlock("slow", slow.URL, "t") +
-				"\t\troute cut-* cut\n\t\troute failing-* failing\n\t\troute slow-* slow\n\t\tdefault_region r\n" +
+				regionBlock("failing", failing.URL, "t") + regionBlock("slow", slow.URL, "t") + budgeted +
+				"\t\troute cut-* cut\n\t\troute failing-* failing\n\t\troute slow-* slow\n\t\troute budgeted-* budgeted\n\t\tdefault_region r\n" +
 				"\t\tbreaker {\n\t\t\tfailures 2\n\t\t\topen_for 1m\n\t\t}\n"
 			// Under /short/, a timeout short enough for a stalled upload.
 			// Under /cached/, the local cache.
@@ -203,6 +206,16 @@ func TestOverHTTPSWithEachProtocol(t *testing.T) {
 			expect(t, r, http.StatusServiceUnavailable, "circuit breaker is open")
 			if ra := r.header.Get("Retry-After"); ra != "60" && ra != "59" {
 				t.Errorf("Retry-After %q", ra)
+			}
+
+			// A region's budget spent: 429 with Retry-After on this
+			// protocol, and nothing sent.
+			hits := up.hits.Load()
+			expect(t, g.put("/cache/budgeted-1?key=k&ttl_seconds=60", "v"), http.StatusNoContent, "")
+			r = g.put("/cache/budgeted-1?key=k&ttl_seconds=60", "v")
+			expect(t, r, http.StatusTooManyRequests, "region budgeted is at its max_ops_per_second (1 cache operations a second)")
+			if r.header.Get("Retry-After") == "" || up.hits.Load() != hits+1 {
+				t.Errorf("a spent budget: Retry-After %q, %d calls sent", r.header.Get("Retry-After"), up.hits.Load()-hits)
 			}
 		})
 	}
