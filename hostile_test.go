@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -20,6 +21,8 @@ import (
 	"time"
 
 	"github.com/sony/gobreaker/v2"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/momento-gateway/caddy-momento/momentolocal"
 )
@@ -919,4 +922,95 @@ func TestCursorsCannotGrowTheHub(t *testing.T) {
 	if grew := int64(ms.HeapAlloc) - int64(before); grew > 12<<20 {
 		t.Fatalf("the heap grew by %d MiB after %d polls at new cursors (each answer about %d KiB)", grew>>20, polls, 60*len(value)>>10)
 	}
+}
+
+// An HTTP/2 client can open many streams and never grant the server a byte
+// of window: each answer then stays unsent. A long poll's answer is written
+// from the hub's messages as they are, shared with every other client, so
+// such streams hold little each, however large the answer: here about 1 MiB
+// (a cursor on another page gets the whole buffer, 43 messages of 24 KiB of
+// JSON), which would be 100 MiB held by 100 streams of one connection if
+// each answer were a copy.
+func TestStreamsThatGrantNoWindowHoldNoAnswerOfTheirOwn(t *testing.T) {
+	up, _ := localUpstream(t, "t")
+	g := startGatewayTLS(t, "h2", "\tmomento {\n"+regionBlock("r", up.URL, "t")+"\t}")
+	// A subscriber starts the hub, then 4 KB messages fill its 1 MiB
+	// buffer (a control character is 6 bytes of JSON).
+	polled := make(chan response, 1)
+	go func() { polled <- g.get("/topics/c/big") }()
+	waitFor(t, func() bool { return waiters.total.Load() == 1 })
+	msg := strings.Repeat("\x01", 4000)
+	for range 60 {
+		expect(t, g.publish("/topics/c/big", "text/plain", msg), http.StatusNoContent, "")
+	}
+	expect(t, <-polled, http.StatusOK, `"items":[{"item"`)
+	const elsewhere = "/topics/c/big?sequence_number=0&sequence_page=1"
+	var size int
+	waitFor(t, func() bool {
+		r := g.get(elsewhere)
+		size = len(r.body)
+		return r.status == 200 && strings.Count(r.body, `"item"`) >= 40
+	})
+
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+
+	tc, err := tls.Dial("tcp", strings.TrimPrefix(g.base, "https://"), &tls.Config{RootCAs: g.roots, NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	_, _ = tc.Write([]byte(http2.ClientPreface))
+	fr := http2.NewFramer(tc, tc)
+	_ = fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	const streams = 100
+	answered := make(chan string, streams)
+	go func() {
+		dec := hpack.NewDecoder(4096, nil)
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					_ = fr.WriteSettingsAck()
+				}
+			case *http2.HeadersFrame:
+				fields, _ := dec.DecodeFull(f.HeaderBlockFragment())
+				for _, h := range fields {
+					if h.Name == ":status" {
+						answered <- h.Value
+					}
+				}
+			}
+		}
+	}()
+	var hdrs bytes.Buffer
+	enc := hpack.NewEncoder(&hdrs)
+	for i := range streams {
+		hdrs.Reset()
+		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", strings.TrimPrefix(g.base, "https://")}, {":path", elsewhere}} {
+			_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: hdrs.Bytes(), EndStream: true, EndHeaders: true})
+	}
+	for range streams {
+		if st := <-answered; st != "200" {
+			t.Fatalf("a stream was answered %s", st)
+		}
+	}
+	// Every answer has begun and none can be sent.
+	var after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	grown := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	t.Logf("%d streams holding a %d-byte answer each: heap grew %d KiB (%d KiB a stream)", streams, size, grown>>10, grown/streams>>10)
+	if grown > int64(streams*size/8) {
+		t.Errorf("%d streams that read nothing grew the heap by %d KiB: each holds a copy of its %d KiB answer", streams, grown>>10, size>>10)
+	}
+	tc.Close()
+	waitFor(t, func() bool { return waiters.total.Load() == 0 })
 }

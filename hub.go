@@ -81,27 +81,16 @@ type hubView struct {
 	// refused token), for its waiters.
 	final   *refusal
 	changed chan struct{}
-	// encoded caches this view's answers by cursor and form: the many
-	// waiters at one cursor get the same bytes, encoded once. Only answers
-	// from within the buffer are kept, and at most memoLeft bytes of them:
-	// cursors are the clients' to choose, and one client asking with a new
-	// one each time must not make the view grow.
-	encoded  sync.Map // answerKey -> []byte
-	memoLeft atomic.Int64
 }
 
-type answerKey struct {
-	next, page uint64
-	events     bool
-}
-
-// hubMessage is one message, encoded once for every client that reads it.
+// hubMessage is one message, encoded once, in both forms, for every client
+// that reads it. Answers are written from these pieces as they are (see
+// answerWriter): a client that stops reading holds no copy of its own.
 type hubMessage struct {
-	seq  uint64
-	page uint64
-	item []byte // {"item":{…}}, as it stands in a subscribe answer
-	kind string // "text" or "binary", the SSE event's name
-	data string // the text, or the binary value in base64: the SSE data
+	seq   uint64
+	page  uint64
+	item  []byte // {"item":{…}}, as it stands in a subscribe answer
+	event []byte // the Server-Sent Event: id, event (text or binary) and data lines
 }
 
 // Hub bounds that are not settings.
@@ -250,22 +239,17 @@ type cursor struct {
 // it goes on from newSeq in newPage, as Momento's answer says.
 type discontinuity struct{ last, newSeq, newPage uint64 }
 
-// hubAnswer is what a waiter gets: a discontinuity, messages, or both.
+// hubAnswer is what a waiter gets: a discontinuity, messages, or both (or
+// neither: the empty page of a long poll that waited in vain).
 type hubAnswer struct {
 	disc *discontinuity
 	msgs []hubMessage
-	// view and key say where the answer comes from, to share its encoding
-	// (when memo is set: an answer from within the buffer).
-	view *hubView
-	key  answerKey
-	memo bool
 }
 
 // read answers a cursor from the buffer, or returns the channel to wait on
 // until there is something new.
 func (hb *hub) read(cur cursor) (ans hubAnswer, final *refusal, wait <-chan struct{}) {
 	v := hb.view.Load()
-	ans.view = v
 	if v.final != nil {
 		return ans, v.final, nil
 	}
@@ -290,9 +274,6 @@ func (hb *hub) read(cur cursor) (ans hubAnswer, final *refusal, wait <-chan stru
 	case cur.next < v.next:
 		from := int(cur.next - first)
 		ans.msgs = v.msgs[from:min(len(v.msgs), from+maxItemsPerAnswer)]
-		// Page 0 (the client has none yet) and the view's page get the
-		// same answer.
-		ans.key, ans.memo = answerKey{next: cur.next, page: v.page}, true
 	default:
 		return ans, nil, v.changed
 	}
@@ -311,54 +292,109 @@ func (ans hubAnswer) after(cur cursor) cursor {
 	return cur
 }
 
-// json is the answer as Momento's subscribe answer, encoded once for all
-// the waiters at its cursor.
-func (ans hubAnswer) json() []byte {
-	return ans.encode(ans.key, hubAnswer.appendJSON)
+// Answers are written piece by piece: the framing, and each message's
+// encoding as the hub keeps it. A client that does not read (an HTTP/2
+// stream with a closed window, say) then holds the hub's messages, which it
+// shares with every other client, and one small buffer: never an answer of
+// its own, which at 100 messages could be megabytes.
+
+// jsonLen is the length of the answer as Momento's subscribe answer, for
+// its Content-Length.
+func (ans hubAnswer) jsonLen() int {
+	n := len(`{"items":[]}`) + len(ans.discJSON(nil))
+	for _, m := range ans.msgs {
+		n += len(m.item)
+	}
+	if k := len(ans.msgs); k > 0 && ans.disc != nil {
+		n += k
+	} else if k > 0 {
+		n += k - 1
+	}
+	return n
 }
 
-// events is the answer as Server-Sent Events, encoded once likewise.
-func (ans hubAnswer) events() []byte {
-	key := ans.key
-	key.events = true
-	return ans.encode(key, hubAnswer.appendEvents)
+// writeJSON writes the answer as Momento's subscribe answer.
+func (ans hubAnswer) writeJSON(aw *answerWriter) {
+	aw.buf = ans.discJSON(append(aw.buf, `{"items":[`...))
+	for i, m := range ans.msgs {
+		if i > 0 || ans.disc != nil {
+			aw.put(comma)
+		}
+		aw.put(m.item)
+	}
+	aw.put(endItems)
 }
 
-// encode returns the answer's encoding, from the view's memo when it is
-// there, and keeps it there while the view's memo has room.
-func (ans hubAnswer) encode(key answerKey, appendTo func(hubAnswer, []byte) []byte) []byte {
-	if !ans.memo {
-		return appendTo(ans, nil)
-	}
-	v := ans.view
-	if b, ok := v.encoded.Load(key); ok {
-		return b.([]byte)
-	}
-	b := appendTo(ans, nil)
-	if v.memoLeft.Add(-int64(len(b))) < 0 {
-		v.memoLeft.Add(int64(len(b)))
-		return b
-	}
-	if kept, loaded := v.encoded.LoadOrStore(key, b); loaded {
-		v.memoLeft.Add(int64(len(b))) // another waiter's came first
-		return kept.([]byte)
+var comma, endItems = []byte(","), []byte("]}")
+
+func (ans hubAnswer) discJSON(b []byte) []byte {
+	if d := ans.disc; d != nil {
+		b = fmt.Appendf(b, `{"discontinuity":{"last_topic_sequence":%d,"new_topic_sequence":%d,"new_sequence_page":%d}}`, d.last, d.newSeq, d.newPage)
 	}
 	return b
 }
 
-// appendJSON writes the answer as Momento's subscribe answer.
-func (ans hubAnswer) appendJSON(b []byte) []byte {
-	b = append(b, `{"items":[`...)
+// writeEvents writes the answer as Server-Sent Events.
+func (ans hubAnswer) writeEvents(aw *answerWriter) {
 	if d := ans.disc; d != nil {
-		b = fmt.Appendf(b, `{"discontinuity":{"last_topic_sequence":%d,"new_topic_sequence":%d,"new_sequence_page":%d}}`, d.last, d.newSeq, d.newPage)
+		aw.buf = fmt.Appendf(aw.buf, "event: discontinuity\ndata: {\"last_topic_sequence\":%d,\"new_topic_sequence\":%d,\"new_sequence_page\":%d}\n\n", d.last, d.newSeq, d.newPage)
 	}
-	for i, m := range ans.msgs {
-		if i > 0 || ans.disc != nil {
-			b = append(b, ',')
+	for _, m := range ans.msgs {
+		aw.put(m.event)
+	}
+}
+
+// answerWriter writes an answer made of pieces: small ones gathered in a
+// pooled buffer (one Write for a usual answer), big ones as they are.
+type answerWriter struct {
+	w   io.Writer
+	buf []byte
+	err error
+}
+
+// answerBufSize is the buffer an answer's small pieces are gathered in.
+const answerBufSize = 4 << 10
+
+var answerBufs = sync.Pool{New: func() any { return new([answerBufSize]byte) }}
+
+func newAnswerWriter(w io.Writer) answerWriter {
+	return answerWriter{w: w, buf: answerBufs.Get().(*[answerBufSize]byte)[:0]}
+}
+
+func (aw *answerWriter) put(b []byte) {
+	if len(aw.buf)+len(b) > cap(aw.buf) {
+		aw.flush()
+		if len(b) > cap(aw.buf)/2 {
+			aw.write(b)
+			return
 		}
-		b = append(b, m.item...)
 	}
-	return append(b, "]}"...)
+	aw.buf = append(aw.buf, b...)
+}
+
+func (aw *answerWriter) write(b []byte) {
+	if aw.err == nil {
+		_, aw.err = aw.w.Write(b)
+	}
+}
+
+// flush writes what is gathered.
+func (aw *answerWriter) flush() {
+	if len(aw.buf) > 0 {
+		aw.write(aw.buf)
+		aw.buf = aw.buf[:0]
+	}
+}
+
+// done writes what is gathered and gives the buffer back. It reports
+// whether every write succeeded.
+func (aw *answerWriter) done() bool {
+	aw.flush()
+	if cap(aw.buf) == answerBufSize {
+		answerBufs.Put((*[answerBufSize]byte)(aw.buf[:answerBufSize]))
+	}
+	aw.buf = nil
+	return aw.err == nil
 }
 
 // publish makes a new view the one waiters read, and wakes the waiters of
@@ -366,7 +402,6 @@ func (ans hubAnswer) appendJSON(b []byte) []byte {
 func (hb *hub) publish(v *hubView) {
 	old := hb.view.Load()
 	v.changed = make(chan struct{})
-	v.memoLeft.Store(int64(hb.set.bufferSize))
 	hb.view.Store(v)
 	close(old.changed)
 }
@@ -518,18 +553,20 @@ func (hb *hub) apply(page upstreamPage) {
 			if it.TopicSequenceNumber < v.next {
 				continue // already kept
 			}
-			m := hubMessage{seq: it.TopicSequenceNumber, page: it.SequencePage}
+			var kind, data string
 			switch {
 			case it.Value.Binary != nil:
-				m.kind, m.data = "binary", *it.Value.Binary
+				kind, data = "binary", *it.Value.Binary
 			case it.Value.Text != nil:
-				m.kind, m.data = "text", *it.Value.Text
+				kind, data = "text", *it.Value.Text
 			default:
 				continue
 			}
 			// Encoded anew, so that only what Momento's API defines reaches
 			// the clients.
-			m.item = fmt.Appendf(nil, `{"item":{"topic_sequence_number":%d,"sequence_page":%d,"value":{"%s":%s}}}`, m.seq, m.page, m.kind, jsonString(m.data))
+			m := hubMessage{seq: it.TopicSequenceNumber, page: it.SequencePage}
+			m.item = fmt.Appendf(nil, `{"item":{"topic_sequence_number":%d,"sequence_page":%d,"value":{"%s":%s}}}`, m.seq, m.page, kind, jsonString(data))
+			m.event = appendEvent(nil, m.page, m.seq, kind, data)
 			v.msgs = append(v.msgs, m)
 			hb.size += len(m.item)
 			v.next = m.seq + 1

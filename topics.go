@@ -110,15 +110,15 @@ func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request, c *call) (st
 		return h.stream(w, r, &sub), false
 	}
 	// The answer is written here, not down in longPoll: see serve.
-	body, rf := h.longPoll(r, &sub)
+	ans, rf, gone := h.longPoll(r, &sub)
 	switch {
 	case rf != nil:
 		return rf.write(w), false
-	case body == nil:
+	case gone:
 		w.WriteHeader(499) // for the access log: the client went away
 		return 499, false
 	}
-	return writeJSON200(w, body), false
+	return writeLongPoll(w, ans), false
 }
 
 // hubClient is a client waiting on a topic's hub: its place among the
@@ -190,22 +190,22 @@ func (sub *hubClient) end() {
 // longPoll waits until the hub has something at or after the cursor, and
 // returns the answer: the hub's items, or after subscribe_timeout an empty
 // page (the client polls again), or a refusal when the region is down and
-// nothing is buffered. Nothing (nil, nil): the client went away.
-func (h *Handler) longPoll(r *http.Request, sub *hubClient) (body []byte, rf *refusal) {
+// nothing is buffered; or gone: the client went away.
+func (h *Handler) longPoll(r *http.Request, sub *hubClient) (ans hubAnswer, rf *refusal, gone bool) {
 	end := time.Now().Add(h.subscribeTimeout)
 	deadline := time.NewTimer(h.subscribeTimeout)
 	defer deadline.Stop()
 	for {
-		body, rf, wait := pollNow(sub.hub, sub.cur, end)
+		ans, rf, wait := pollNow(sub.hub, sub.cur, end)
 		if wait == nil {
-			return body, rf
+			return ans, rf, false
 		}
 		select {
 		case <-wait:
 		case <-deadline.C:
-			return emptyPoll(sub.hub)
+			return hubAnswer{}, emptyPoll(sub.hub), false
 		case <-r.Context().Done():
-			return nil, nil
+			return hubAnswer{}, nil, true
 		}
 	}
 }
@@ -213,38 +213,45 @@ func (h *Handler) longPoll(r *http.Request, sub *hubClient) (body []byte, rf *re
 // pollNow answers a long poll if the hub has something at or after the
 // cursor, or is final, or its region is down until after the poll would
 // end (end); otherwise it returns the channel to wait on.
-func pollNow(hb *hub, cur cursor, end time.Time) (body []byte, rf *refusal, wait <-chan struct{}) {
+func pollNow(hb *hub, cur cursor, end time.Time) (ans hubAnswer, rf *refusal, wait <-chan struct{}) {
 	ans, final, wait := hb.read(cur)
 	switch {
 	case final != nil:
-		return nil, final, nil
+		return ans, final, nil
 	case wait == nil:
-		return ans.json(), nil, nil
+		return ans, nil, nil
 	}
 	// Nothing to give yet. If the region is down until after this poll
 	// would end, say so now; otherwise the hub keeps trying.
 	if retry, down := hb.regionDown(); down && time.Now().Add(retry).After(end) {
-		return nil, hb.region.Load().unavailable(retry), nil
+		return ans, hb.region.Load().unavailable(retry), nil
 	}
-	return nil, nil, wait
+	return ans, nil, wait
 }
 
 // emptyPoll is the answer to a long poll that waited subscribe_timeout
-// and got nothing: an empty page, or 503 if the region is really gone.
-func emptyPoll(hb *hub) (body []byte, rf *refusal) {
+// and got nothing: an empty page (no refusal), or 503 if the region is
+// really gone.
+func emptyPoll(hb *hub) *refusal {
 	if retry, down := hb.regionDown(); down {
-		return nil, hb.region.Load().unavailable(retry)
+		return hb.region.Load().unavailable(retry)
 	}
-	return []byte(`{"items":[]}`), nil
+	return nil
 }
 
-func writeJSON200(w http.ResponseWriter, body []byte) int {
+// writeLongPoll answers a long poll with the hub's answer. A client that
+// does not read is cut off by Caddy's write_idle_timeout (1 minute by
+// default), as any other; meanwhile it holds no answer of its own (see
+// answerWriter).
+func writeLongPoll(w http.ResponseWriter, ans hubAnswer) int {
 	hdr := w.Header()
 	hdr["Content-Type"] = jsonType
 	hdr["X-Content-Type-Options"] = noSniff
-	hdr["Content-Length"] = []string{strconv.Itoa(len(body))}
+	hdr["Content-Length"] = []string{strconv.Itoa(ans.jsonLen())}
 	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(body)
+	aw := newAnswerWriter(w)
+	ans.writeJSON(&aw)
+	aw.done()
 	return http.StatusOK
 }
 
@@ -275,6 +282,13 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *hubClient)
 		_, err := w.Write(b)
 		return err == nil && g.rc.Flush() == nil
 	}
+	sendAnswer := func(ans hubAnswer) bool {
+		g.arm()
+		defer g.disarm()
+		aw := newAnswerWriter(w)
+		ans.writeEvents(&aw)
+		return aw.done() && g.rc.Flush() == nil
+	}
 	if !send(nil) {
 		return http.StatusOK
 	}
@@ -289,7 +303,7 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *hubClient)
 			send(fmt.Appendf(nil, "event: error\ndata: %d %s\n\n", final.status, oneLine(final.msg)))
 			return http.StatusOK
 		case wait == nil:
-			if !send(ans.events()) {
+			if !sendAnswer(ans) {
 				return http.StatusOK // the client went away, or stopped reading
 			}
 			cur = ans.after(cur)
@@ -307,24 +321,20 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *hubClient)
 	}
 }
 
-// appendEvents writes an answer as Server-Sent Events.
-func (ans hubAnswer) appendEvents(b []byte) []byte {
-	if d := ans.disc; d != nil {
-		b = fmt.Appendf(b, "event: discontinuity\ndata: {\"last_topic_sequence\":%d,\"new_topic_sequence\":%d,\"new_sequence_page\":%d}\n\n", d.last, d.newSeq, d.newPage)
+// appendEvent writes one message as a Server-Sent Event: its id (page
+// and sequence number, what EventSource sends back as Last-Event-ID), its
+// kind as the event's name, and its data.
+func appendEvent(b []byte, page, seq uint64, kind, data string) []byte {
+	b = fmt.Appendf(b, "id: %d-%d\nevent: %s\n", page, seq, kind)
+	// A line break in a text ends an SSE line: each line is a data line,
+	// and EventSource joins them with "\n".
+	for line := range strings.Lines(strings.ReplaceAll(strings.ReplaceAll(data, "\r\n", "\n"), "\r", "\n")) {
+		b = append(append(append(b, "data: "...), strings.TrimSuffix(line, "\n")...), '\n')
 	}
-	for _, m := range ans.msgs {
-		b = fmt.Appendf(b, "id: %d-%d\nevent: %s\n", m.page, m.seq, m.kind)
-		// A line break in a text ends an SSE line: each line is a data line,
-		// and EventSource joins them with "\n".
-		for line := range strings.Lines(strings.ReplaceAll(strings.ReplaceAll(m.data, "\r\n", "\n"), "\r", "\n")) {
-			b = append(append(append(b, "data: "...), strings.TrimSuffix(line, "\n")...), '\n')
-		}
-		if m.data == "" || strings.HasSuffix(m.data, "\n") {
-			b = append(b, "data: \n"...)
-		}
-		b = append(b, '\n')
+	if data == "" || strings.HasSuffix(data, "\n") {
+		b = append(b, "data: \n"...)
 	}
-	return b
+	return append(b, '\n')
 }
 
 // parseEventID reads an event id, "<page>-<sequence number>".
