@@ -243,6 +243,8 @@ type regionState struct {
 	// subscriptions counts the upstream long polls open at once: the hubs,
 	// and the clients' own with the hub off.
 	subscriptions atomic.Int64
+	// subscriptionShares shares them among client networks.
+	subscriptionShares shares
 	// hubs are the region's topic hubs, and fannedOut counts the messages
 	// they handed to subscribers.
 	hubs      regionHubs

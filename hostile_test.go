@@ -1014,3 +1014,134 @@ func TestStreamsThatGrantNoWindowHoldNoAnswerOfTheirOwn(t *testing.T) {
 	tc.Close()
 	waitFor(t, func() bool { return waiters.total.Load() == 0 })
 }
+
+// Places held for a while are shared among client networks: the clients
+// waiting on topics (max_waiting) and a region's subscriptions
+// (max_subscriptions, Momento's 100 a region). One address holding as
+// many as it can gets three quarters of them; the last quarter is kept for
+// other networks, so that a client elsewhere is still served, and each of
+// them gets its share of it.
+func TestOneNetworkCannotHoldEveryPlace(t *testing.T) {
+	up, _ := localUpstream(t, "t")
+	cases := []struct {
+		name, global, region string
+		topic                func(i int) string
+		retryAfter, msg      string
+	}{
+		{"waiting clients", "\t\tmax_waiting 8\n", "", func(int) string { return "/topics/c/t" },
+			"1", "this gateway's max_waiting (8) places are nearly all taken, and clients of 127.0.0.1 hold their share (2) of the rest"},
+		{"subscriptions", "", "\t\t\tmax_subscriptions 8\n", func(i int) string { return fmt.Sprintf("/topics/c/t%d", i) },
+			"10", "region r's max_subscriptions (8) are nearly all open, and clients of 127.0.0.1 hold their share (2) of the rest"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			g := runCaddyfile(t, func(port int, logPath string) string {
+				return strings.Replace(globalOptions("off", logPath), "{\n", "{\n\tmomento {\n"+tc.global+"\t}\n", 1) +
+					fmt.Sprintf(":%d {\n\tbind 0.0.0.0\n\tmomento {\n\t\tregion r {\n\t\t\tendpoint %s\n\t\t\ttoken t\n%s\t\t}\n\t}\n}\n", port, up.URL, tc.region)
+			})
+			waitFor(t, func() bool { return waiters.total.Load() == 0 })
+			ctx, cancel := context.WithCancel(context.Background())
+			var wg sync.WaitGroup
+			defer func() { cancel(); wg.Wait() }()
+			// wait starts a long poll of s and reports whether it waits
+			// (true) or was refused (its answer).
+			wait := func(s *subscriber) (bool, error) {
+				before := waiters.total.Load()
+				errc := make(chan error, 1)
+				wg.Go(func() {
+					_, err := s.poll(ctx)
+					errc <- err
+				})
+				var err error
+				waitFor(t, func() bool {
+					select {
+					case err = <-errc:
+						return true
+					default:
+						return waiters.total.Load() > before
+					}
+				})
+				return err == nil, err
+			}
+			held := 0
+			for i := range 8 {
+				ok, err := wait(&subscriber{g: g, path: tc.topic(i)})
+				if !ok {
+					if !strings.Contains(err.Error(), "429 "+tc.msg) {
+						t.Fatalf("the greedy address's long poll %d: %v", i, err)
+					}
+					break
+				}
+				held++
+			}
+			if held != 6 {
+				t.Fatalf("one address holds %d of 8 places, want 6", held)
+			}
+			r := g.get(tc.topic(7))
+			expect(t, r, http.StatusTooManyRequests, tc.msg)
+			if got := r.header.Get("Retry-After"); got != tc.retryAfter {
+				t.Errorf("Retry-After %q, want %q", got, tc.retryAfter)
+			}
+			// Two other networks each find a place, and are served.
+			for i, ip := range []string{"127.0.0.2", "127.0.0.3"} {
+				path := "/topics/c/" + strings.ReplaceAll(tc.name, " ", "-") + "-" + ip // new in the embedded backend
+				s := &subscriber{g: g.fromAddress(ip), path: path}
+				got := make(chan []message, 1)
+				go func() {
+					msgs, err := s.poll(ctx)
+					if err != nil {
+						t.Errorf("%s: %v", ip, err)
+					}
+					got <- msgs
+				}()
+				waitFor(t, func() bool { return waiters.total.Load() == int64(held+i+1) })
+				expect(t, g.publish(path, "text/plain", "for "+ip), http.StatusNoContent, "")
+				if msgs := <-got; len(msgs) != 1 || msgs[0].value != "for "+ip {
+					t.Fatalf("%s got %v", ip, msgs)
+				}
+				// It waits again, holding its place.
+				if ok, err := wait(s); !ok {
+					t.Fatalf("%s's next poll: %v", ip, err)
+				}
+			}
+		})
+	}
+}
+
+// Starting a topic's subscription is a call to the region, so it counts
+// against the client's max_ops_per_client like any other (a client that
+// subscribes to topic after topic and leaves makes a call each time);
+// joining a topic others already wait on costs the region nothing, and
+// does not count. With the hub off, each long poll is a call.
+func TestStartingSubscriptionsCountsAgainstTheClientsOps(t *testing.T) {
+	up, _ := localUpstream(t, "t")
+	// (Each case from an address of its own: an address's budget outlives
+	// configs.)
+	for hub, ip := range map[string]string{"on": "127.0.0.5", "off": "127.0.0.6"} {
+		t.Run("hub "+hub, func(t *testing.T) {
+			g0 := runCaddyfile(t, func(port int, logPath string) string {
+				return strings.Replace(globalOptions("off", logPath), "{\n", "{\n\tmomento {\n\t\tmax_ops_per_client 2\n\t\ttopics {\n\t\t\thub "+hub+"\n\t\t}\n\t}\n", 1) +
+					fmt.Sprintf(":%d {\n\tbind 127.0.0.1\n\tmomento {\n%s\t}\n}\n", port, regionBlock("r", up.URL, "t"))
+			})
+			g := g0.fromAddress(ip)
+			waitFor(t, func() bool { return waiters.total.Load() == 0 })
+			ctx, cancel := context.WithCancel(context.Background())
+			var wg sync.WaitGroup
+			defer func() { cancel(); wg.Wait() }()
+			for i := range 2 {
+				wg.Go(func() { _, _ = (&subscriber{g: g, path: fmt.Sprintf("/topics/c/%s%d", hub, i)}).poll(ctx) })
+				waitFor(t, func() bool { return waiters.total.Load() == int64(i+1) })
+			}
+			r := g.get("/topics/c/" + hub + "2")
+			expect(t, r, http.StatusTooManyRequests, "client "+ip+" has used its max_ops_per_client (2 calls a second to the regions)")
+			if r.header.Get("Retry-After") == "" {
+				t.Error("no Retry-After")
+			}
+			if hub == "on" {
+				// A topic with a hub already: joined, not refused.
+				wg.Go(func() { _, _ = (&subscriber{g: g, path: "/topics/c/on0"}).poll(ctx) })
+				waitFor(t, func() bool { return waiters.total.Load() == 3 })
+			}
+		})
+	}
+}

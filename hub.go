@@ -45,10 +45,13 @@ type hubSettings struct {
 
 // hub is one topic's shared subscription.
 type hub struct {
-	key    hubKey
-	owner  *regionState
-	set    hubSettings
-	logger *zap.Logger
+	key   hubKey
+	owner *regionState
+	// network is the client network that started the hub: the hub counts
+	// in its share of the region's subscriptions (see shares).
+	network string
+	set     hubSettings
+	logger  *zap.Logger
 	// region is the latest config's region: its endpoint and token.
 	region atomic.Pointer[region]
 
@@ -122,22 +125,39 @@ func (rh *regionHubs) counts() (hubs, waiting int) {
 
 // join adds a waiter to the topic's hub, starting one (and its upstream
 // subscription) if there is none. A new hub takes one of the region's
-// max_subscriptions, refused with 429 past it. The cursor of the first
-// waiter is where the upstream subscription starts.
-func (rh *regionHubs) join(rg *region, key hubKey, cur cursor, set hubSettings, logger *zap.Logger) (*hub, *refusal) {
+// max_subscriptions, within the share of the client's network, and is a
+// call to the region that admit may refuse (max_ops_per_client); past
+// either, 429. The cursor of the first waiter is where the upstream
+// subscription starts.
+func (rh *regionHubs) join(rg *region, key hubKey, cur cursor, set hubSettings, network string, admit func() *refusal, logger *zap.Logger) (*hub, *refusal) {
 	rh.mu.Lock()
 	defer rh.mu.Unlock()
 	hb := rh.byKey[key]
 	if hb == nil {
+		// The share is checked before any other network's lingering hub is
+		// ended for the new one; a network at its share may end one of its
+		// own, which holds nothing for anyone.
+		rf := rg.takeSubscriptionShare(network, set.linger)
+		if rf != nil && rh.evictIdle(network) {
+			rf = rg.takeSubscriptionShare(network, set.linger)
+		}
+		if rf != nil {
+			return nil, rf
+		}
+		if rf := admit(); rf != nil {
+			rg.state.subscriptionShares.give(network)
+			return nil, rf
+		}
 		n := rg.state.subscriptions.Add(1)
-		if n > int64(rg.maxSubscriptions) && rh.evictIdle() {
+		if n > int64(rg.maxSubscriptions) && rh.evictIdle("") {
 			n = rg.state.subscriptions.Load()
 		}
 		if n > int64(rg.maxSubscriptions) {
 			rg.state.subscriptions.Add(-1)
+			rg.state.subscriptionShares.give(network)
 			return nil, tooManySubscriptions(rg)
 		}
-		hb = &hub{key: key, owner: rg.state, set: set, logger: logger}
+		hb = &hub{key: key, owner: rg.state, network: network, set: set, logger: logger}
 		hb.view.Store(&hubView{changed: make(chan struct{})})
 		ctx, cancel := context.WithCancel(context.Background())
 		hb.stop = cancel
@@ -164,11 +184,12 @@ func (rh *regionHubs) join(rg *region, key hubKey, cur cursor, set hubSettings, 
 // upstream subscription to a topic someone waits for: a lingering hub only
 // saves a client's next poll the trip, and must never keep max_subscriptions
 // from other clients (a client could otherwise touch many topics in turn
-// and hold them all). It reports whether it freed one. Callers hold rh.mu.
-func (rh *regionHubs) evictIdle() bool {
+// and hold them all). With network set, only a hub that network started.
+// It reports whether it freed one. Callers hold rh.mu.
+func (rh *regionHubs) evictIdle(network string) bool {
 	for key, hb := range rh.byKey {
 		hb.mu.Lock()
-		idle := hb.waiters == 0 && !hb.gone
+		idle := hb.waiters == 0 && !hb.gone && (network == "" || hb.network == network)
 		if idle {
 			hb.gone = true
 			if hb.linger != nil {
@@ -176,6 +197,7 @@ func (rh *regionHubs) evictIdle() bool {
 				hb.linger = nil
 			}
 			hb.owner.subscriptions.Add(-1)
+			hb.owner.subscriptionShares.give(hb.network)
 			hb.region.Load().metrics.hubs.Dec()
 		}
 		hb.mu.Unlock()
@@ -199,32 +221,38 @@ func (hb *hub) leave() {
 	}
 }
 
-// expire ends a hub nobody waited on for its linger.
-func (hb *hub) expire() {
-	hb.mu.Lock()
-	idle := hb.waiters == 0
-	hb.mu.Unlock()
-	if idle {
-		hb.remove()
-	}
-}
+// expire ends a hub nobody waited on for its linger, unless one came
+// meanwhile.
+func (hb *hub) expire() { hb.end(true) }
 
 // remove takes the hub out of its region and ends its upstream loop.
-func (hb *hub) remove() {
+func (hb *hub) remove() { hb.end(false) }
+
+// end ends the hub (if onlyIdle, only while nobody waits on it). It holds
+// the region's hubs' lock throughout, as join does: a client joining at the
+// moment the linger ends either keeps the hub or finds it gone and starts
+// another, never a hub whose loop has stopped.
+func (hb *hub) end(onlyIdle bool) {
 	rh := &hb.owner.hubs
 	rh.mu.Lock()
-	if rh.byKey[hb.key] == hb {
-		delete(rh.byKey, hb.key)
-	}
-	rh.mu.Unlock()
 	hb.mu.Lock()
-	if !hb.gone {
-		hb.gone = true
-		hb.owner.subscriptions.Add(-1)
-		hb.region.Load().metrics.hubs.Dec()
+	ending := !onlyIdle || hb.waiters == 0
+	if ending {
+		if rh.byKey[hb.key] == hb {
+			delete(rh.byKey, hb.key)
+		}
+		if !hb.gone {
+			hb.gone = true
+			hb.owner.subscriptions.Add(-1)
+			hb.owner.subscriptionShares.give(hb.network)
+			hb.region.Load().metrics.hubs.Dec()
+		}
 	}
 	hb.mu.Unlock()
-	hb.stop()
+	rh.mu.Unlock()
+	if ending {
+		hb.stop()
+	}
 }
 
 // cursor is where a client is in a topic: the next sequence number it

@@ -61,18 +61,69 @@ func (g *stallGuard) disarm() {
 const waitRetryAfter = time.Second
 
 // waiters counts the clients waiting on topics in this process, in every
-// config (a reload does not reset it), in total and per client address.
+// config (a reload does not reset it): in total, per client address (for
+// max_waiting_per_client), and per network (for the fair shares).
 var waiters struct {
 	total    atomic.Int64
 	mu       sync.Mutex
 	byClient map[string]int
+	shares   shares
 }
 
 // waitSlot is one waiting client's hold on the limits; release gives it
 // back.
 type waitSlot struct {
-	client string
-	gauge  prometheus.Gauge
+	client  string // set when max_waiting_per_client counts it
+	network string
+	gauge   prometheus.Gauge
+}
+
+// shares shares a bounded pool of places that clients hold for a while (the
+// places of clients waiting on topics, a region's subscriptions) among the
+// networks holding them, as budget.go shares a region's calls a second
+// (a network: an IPv4 address, an IPv6 /48). While more than a quarter of
+// the pool is free, a network takes a place first come, first served. The
+// last quarter, the reserve, goes only to networks holding fewer than their
+// share of it: the reserve divided among the networks holding places, the
+// newcomer included (at least one place each). So one network, or a few,
+// can hold at most three quarters of the pool, and a client of another
+// network finds a place however long they hold theirs; only many networks
+// together can take the reserve. The places held are counted here; whether
+// the pool is full is the caller's to check.
+type shares struct {
+	mu   sync.Mutex
+	held map[string]int
+}
+
+// take counts one more place for network, out of capacity places of which
+// used are taken, or reports that the network holds its share.
+func (s *shares) take(network string, used int64, capacity int) (share int, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := s.held[network]
+	if reserve := capacity / 4; reserve > 0 && used >= int64(capacity-reserve) {
+		n := len(s.held)
+		if h == 0 {
+			n++
+		}
+		if share = max(1, reserve/n); h >= share {
+			return share, false
+		}
+	}
+	if s.held == nil {
+		s.held = map[string]int{}
+	}
+	s.held[network] = h + 1
+	return 0, true
+}
+
+// give gives back a place network took.
+func (s *shares) give(network string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.held[network]--; s.held[network] <= 0 {
+		delete(s.held, network)
+	}
 }
 
 // Kinds of waiting clients, as the metrics name them.
@@ -86,24 +137,31 @@ const (
 // limit, before anything is sent to the region.
 func (a *App) admitWaiter(r *http.Request, kind string) (*waitSlot, *refusal) {
 	limits := a.limits()
+	client := clientAddress(r)
+	network := budgetGroup(client)
+	if share, ok := waiters.shares.take(network, waiters.total.Load(), limits.maxWaiting); !ok {
+		return nil, tooMany(fmt.Sprintf("this gateway's max_waiting (%d) places are nearly all taken, and clients of %s hold their share (%d) of the rest", limits.maxWaiting, network, share))
+	}
 	if n := waiters.total.Add(1); n > int64(limits.maxWaiting) {
 		waiters.total.Add(-1)
+		waiters.shares.give(network)
 		return nil, tooMany(fmt.Sprintf("this gateway has its max_waiting (%d) clients waiting on topics", limits.maxWaiting))
 	}
-	slot := &waitSlot{gauge: metrics.waiting.WithLabelValues(kind)}
+	slot := &waitSlot{network: network, gauge: metrics.waiting.WithLabelValues(kind)}
 	if limits.maxPerClient > 0 {
-		slot.client = clientAddress(r)
 		waiters.mu.Lock()
 		if waiters.byClient == nil {
 			waiters.byClient = map[string]int{}
 		}
-		if waiters.byClient[slot.client] >= limits.maxPerClient {
+		if waiters.byClient[client] >= limits.maxPerClient {
 			waiters.mu.Unlock()
 			waiters.total.Add(-1)
-			return nil, tooMany(fmt.Sprintf("client %s has its max_waiting_per_client (%d) requests waiting on topics", slot.client, limits.maxPerClient))
+			waiters.shares.give(network)
+			return nil, tooMany(fmt.Sprintf("client %s has its max_waiting_per_client (%d) requests waiting on topics", client, limits.maxPerClient))
 		}
-		waiters.byClient[slot.client]++
+		waiters.byClient[client]++
 		waiters.mu.Unlock()
+		slot.client = client
 	}
 	slot.gauge.Inc()
 	return slot, nil
@@ -111,6 +169,7 @@ func (a *App) admitWaiter(r *http.Request, kind string) (*waitSlot, *refusal) {
 
 // release gives the slot's places back.
 func (s *waitSlot) release() {
+	waiters.shares.give(s.network)
 	if s.client != "" {
 		waiters.mu.Lock()
 		if waiters.byClient[s.client]--; waiters.byClient[s.client] <= 0 {
@@ -123,13 +182,37 @@ func (s *waitSlot) release() {
 }
 
 // openSubscription takes one of the region's max_subscriptions for a long
-// poll forwarded as it is (the hub off); release gives it back.
-func openSubscription(rg *region) (release func(), rf *refusal) {
+// poll forwarded as it is (the hub off), within the client network's
+// share; release gives it back.
+func openSubscription(rg *region, network string) (release func(), rf *refusal) {
+	if rf := rg.takeSubscriptionShare(network, waitRetryAfter); rf != nil {
+		return nil, rf
+	}
 	if n := rg.state.subscriptions.Add(1); n > int64(rg.maxSubscriptions) {
 		rg.state.subscriptions.Add(-1)
+		rg.state.subscriptionShares.give(network)
 		return nil, tooManySubscriptions(rg)
 	}
-	return func() { rg.state.subscriptions.Add(-1) }, nil
+	return func() {
+		rg.state.subscriptions.Add(-1)
+		rg.state.subscriptionShares.give(network)
+	}, nil
+}
+
+// takeSubscriptionShare counts a subscription the client network is about
+// to open (a hub it starts, or its own long poll with the hub off) in its
+// share of the region's, or refuses it, telling it to come back after wait
+// (when one of its own could have ended: a hub outlives its last waiter by
+// its linger).
+func (rg *region) takeSubscriptionShare(network string, wait time.Duration) *refusal {
+	share, ok := rg.state.subscriptionShares.take(network, rg.state.subscriptions.Load(), rg.maxSubscriptions)
+	if ok {
+		return nil
+	}
+	wait = max(waitRetryAfter, wait)
+	return &refusal{status: http.StatusTooManyRequests, retryAfter: wait, msg: fmt.Sprintf(
+		"region %s's max_subscriptions (%d) are nearly all open, and clients of %s hold their share (%d) of the rest; retry in %d s",
+		rg.name, rg.maxSubscriptions, network, share, retryAfterSeconds(wait))}
 }
 
 func tooManySubscriptions(rg *region) *refusal {

@@ -71,11 +71,16 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, c *call) (status
 			return rf.write(w), false
 		}
 		defer slot.release()
-		release, rf := openSubscription(rg)
+		release, rf := openSubscription(rg, slot.network)
 		if rf != nil {
 			return rf.write(w), false
 		}
 		defer release()
+		// Each is a call to the region: it counts against the client's
+		// max_ops_per_client, as any other.
+		if rf := h.app.admitOp(r, c); rf != nil {
+			return rf.write(w), false
+		}
 	}
 	var body *limitedBody
 	limit := h.maxItemSize - int64(len(c.key))

@@ -173,7 +173,10 @@ func (h *Handler) startSubscriber(w http.ResponseWriter, r *http.Request, c *cal
 		}
 	}()
 	rg := c.region
-	hb, rf := rg.state.hubs.join(rg, hubKey{c.cache, c.topic}, sub.cur, set.hub, h.logger)
+	// Starting a hub is a call to the region, and counts against the
+	// client's max_ops_per_client; joining one costs the region nothing.
+	admit := func() *refusal { return h.app.admitOp(r, c) }
+	hb, rf := rg.state.hubs.join(rg, hubKey{c.cache, c.topic}, sub.cur, set.hub, slot.network, admit, h.logger)
 	if rf != nil {
 		return rf.write(w)
 	}
