@@ -326,6 +326,18 @@ func (ans hubAnswer) after(cur cursor) cursor {
 // shares with every other client, and one small buffer: never an answer of
 // its own, which at 100 messages could be megabytes.
 
+// eventsLen is about the length of the answer as Server-Sent Events.
+func (ans hubAnswer) eventsLen() int {
+	n := 0
+	if ans.disc != nil {
+		n = 160
+	}
+	for _, m := range ans.msgs {
+		n += len(m.event)
+	}
+	return n
+}
+
 // jsonLen is the length of the answer as Momento's subscribe answer, for
 // its Content-Length.
 func (ans hubAnswer) jsonLen() int {
@@ -339,6 +351,30 @@ func (ans hubAnswer) jsonLen() int {
 		n += k - 1
 	}
 	return n
+}
+
+// appendJSON is the answer as Momento's subscribe answer, appended to b:
+// for a small answer, built whole before it is written (see subscribe).
+func (ans hubAnswer) appendJSON(b []byte) []byte {
+	b = ans.discJSON(append(b, `{"items":[`...))
+	for i, m := range ans.msgs {
+		if i > 0 || ans.disc != nil {
+			b = append(b, ',')
+		}
+		b = append(b, m.item...)
+	}
+	return append(b, "]}"...)
+}
+
+// appendEvents is the answer as Server-Sent Events, appended to b.
+func (ans hubAnswer) appendEvents(b []byte) []byte {
+	if d := ans.disc; d != nil {
+		b = fmt.Appendf(b, "event: discontinuity\ndata: {\"last_topic_sequence\":%d,\"new_topic_sequence\":%d,\"new_sequence_page\":%d}\n\n", d.last, d.newSeq, d.newPage)
+	}
+	for _, m := range ans.msgs {
+		b = append(b, m.event...)
+	}
+	return b
 }
 
 // writeJSON writes the answer as Momento's subscribe answer.
@@ -373,7 +409,7 @@ func (ans hubAnswer) writeEvents(aw *answerWriter) {
 }
 
 // answerWriter writes an answer made of pieces: small ones gathered in a
-// pooled buffer (one Write for a usual answer), big ones as they are.
+// buffer (one Write for a usual answer), big ones as they are.
 type answerWriter struct {
 	w   io.Writer
 	buf []byte
@@ -381,6 +417,8 @@ type answerWriter struct {
 }
 
 // answerBufSize is the buffer an answer's small pieces are gathered in.
+// An answer that fits (most: one message or a few) is built whole instead
+// (appendJSON, appendEvents) and written at once.
 const answerBufSize = 4 << 10
 
 var answerBufs = sync.Pool{New: func() any { return new([answerBufSize]byte) }}

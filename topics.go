@@ -109,16 +109,19 @@ func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request, c *call) (st
 	if sub.heartbeat > 0 {
 		return h.stream(w, r, &sub), false
 	}
-	// The answer is written here, not down in longPoll: see serve.
-	ans, rf, gone := h.longPoll(r, &sub)
+	// The answer is written here, not down in longPoll: see serve. This
+	// frame is on the stack while the client waits, and kept small for it.
+	body, rf := h.longPoll(r, &sub)
 	switch {
 	case rf != nil:
 		return rf.write(w), false
-	case gone:
+	case sub.big != nil:
+		return writeLongPoll(w, *sub.big), false
+	case body == nil:
 		w.WriteHeader(499) // for the access log: the client went away
 		return 499, false
 	}
-	return writeLongPoll(w, ans), false
+	return writeJSON200(w, body), false
 }
 
 // hubClient is a client waiting on a topic's hub: its place among the
@@ -130,6 +133,9 @@ type hubClient struct {
 	// heartbeat is set for an event stream: how often a quiet one gets a
 	// comment line.
 	heartbeat time.Duration
+	// big is a long poll's answer too large to build whole (see
+	// longPollBody).
+	big *hubAnswer
 }
 
 // forwardSubscribe is startSubscriber's status for a long poll that goes
@@ -193,24 +199,46 @@ func (sub *hubClient) end() {
 // longPoll waits until the hub has something at or after the cursor, and
 // returns the answer: the hub's items, or after subscribe_timeout an empty
 // page (the client polls again), or a refusal when the region is down and
-// nothing is buffered; or gone: the client went away.
-func (h *Handler) longPoll(r *http.Request, sub *hubClient) (ans hubAnswer, rf *refusal, gone bool) {
+// nothing is buffered. Nothing (nil, nil) and sub.big unset: the client
+// went away.
+func (h *Handler) longPoll(r *http.Request, sub *hubClient) (body []byte, rf *refusal) {
 	end := time.Now().Add(h.subscribeTimeout)
 	deadline := time.NewTimer(h.subscribeTimeout)
 	defer deadline.Stop()
 	for {
 		ans, rf, wait := pollNow(sub.hub, sub.cur, end)
-		if wait == nil {
-			return ans, rf, false
+		switch {
+		case rf != nil:
+			return nil, rf
+		case wait == nil:
+			return longPollBody(sub, ans), nil
 		}
 		select {
 		case <-wait:
 		case <-deadline.C:
-			return hubAnswer{}, emptyPoll(sub.hub), false
+			if rf := emptyPoll(sub.hub); rf != nil {
+				return nil, rf
+			}
+			return []byte(`{"items":[]}`), nil
 		case <-r.Context().Done():
-			return hubAnswer{}, nil, true
+			return nil, nil
 		}
 	}
+}
+
+// longPollBody is a small answer built whole (most answers: one message,
+// or a few), or nil with the answer kept in sub.big, to be written piece
+// by piece. It is not inlined: its locals would add to longPoll's frame,
+// which is on the stack while the client waits, and take thousands of
+// waits at once past their goroutines' first 8 KiB of stack.
+//
+//go:noinline
+func longPollBody(sub *hubClient, ans hubAnswer) []byte {
+	if n := ans.jsonLen(); n <= answerBufSize {
+		return ans.appendJSON(make([]byte, 0, n))
+	}
+	sub.big = &ans
+	return nil
 }
 
 // pollNow answers a long poll if the hub has something at or after the
@@ -242,15 +270,26 @@ func emptyPoll(hb *hub) *refusal {
 	return nil
 }
 
-// writeLongPoll answers a long poll with the hub's answer. A client that
-// does not read is cut off by Caddy's write_idle_timeout (1 minute by
-// default), as any other; meanwhile it holds no answer of its own (see
-// answerWriter).
+func writeJSON200(w http.ResponseWriter, body []byte) int {
+	hdr := w.Header()
+	hdr["Content-Type"] = jsonType
+	hdr["X-Content-Type-Options"] = noSniff
+	hdr["Content-Length"] = []string{strconv.Itoa(len(body))}
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body)
+	return http.StatusOK
+}
+
+// writeLongPoll answers a long poll with a large answer of the hub's,
+// piece by piece. A client that does not read is cut off by Caddy's
+// write_idle_timeout (1 minute by default), as any other; meanwhile it
+// holds no copy of its answer (see answerWriter).
 func writeLongPoll(w http.ResponseWriter, ans hubAnswer) int {
 	hdr := w.Header()
 	hdr["Content-Type"] = jsonType
 	hdr["X-Content-Type-Options"] = noSniff
-	hdr["Content-Length"] = []string{strconv.Itoa(ans.jsonLen())}
+	n := ans.jsonLen()
+	hdr["Content-Length"] = []string{strconv.Itoa(n)}
 	w.WriteHeader(http.StatusOK)
 	aw := newAnswerWriter(w)
 	ans.writeJSON(&aw)
@@ -306,7 +345,13 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *hubClient)
 			send(fmt.Appendf(nil, "event: error\ndata: %d %s\n\n", final.status, oneLine(final.msg)))
 			return http.StatusOK
 		case wait == nil:
-			if !sendAnswer(ans) {
+			sent := false
+			if n := ans.eventsLen(); n <= answerBufSize {
+				sent = send(ans.appendEvents(make([]byte, 0, n)))
+			} else {
+				sent = sendAnswer(ans)
+			}
+			if !sent {
 				return http.StatusOK // the client went away, or stopped reading
 			}
 			cur = ans.after(cur)
