@@ -963,6 +963,7 @@ func TestStreamsThatGrantNoWindowHoldNoAnswerOfTheirOwn(t *testing.T) {
 	defer tc.Close()
 	_, _ = tc.Write([]byte(http2.ClientPreface))
 	fr := http2.NewFramer(tc, tc)
+	var writing sync.Mutex // the framer's writes, from the reader's acks and from here
 	_ = fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
 	const streams = 100
 	answered := make(chan string, streams)
@@ -976,7 +977,9 @@ func TestStreamsThatGrantNoWindowHoldNoAnswerOfTheirOwn(t *testing.T) {
 			switch f := f.(type) {
 			case *http2.SettingsFrame:
 				if !f.IsAck() {
+					writing.Lock()
 					_ = fr.WriteSettingsAck()
+					writing.Unlock()
 				}
 			case *http2.HeadersFrame:
 				fields, _ := dec.DecodeFull(f.HeaderBlockFragment())
@@ -995,7 +998,9 @@ func TestStreamsThatGrantNoWindowHoldNoAnswerOfTheirOwn(t *testing.T) {
 		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", strings.TrimPrefix(g.base, "https://")}, {":path", elsewhere}} {
 			_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 		}
+		writing.Lock()
 		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: hdrs.Bytes(), EndStream: true, EndHeaders: true})
+		writing.Unlock()
 	}
 	for range streams {
 		if st := <-answered; st != "200" {
@@ -1115,10 +1120,9 @@ func TestOneNetworkCannotHoldEveryPlace(t *testing.T) {
 // does not count. With the hub off, each long poll is a call.
 func TestStartingSubscriptionsCountsAgainstTheClientsOps(t *testing.T) {
 	up, _ := localUpstream(t, "t")
-	// (Each case from an address of its own: an address's budget outlives
-	// configs.)
-	for hub, ip := range map[string]string{"on": "127.0.0.5", "off": "127.0.0.6"} {
+	for _, hub := range []string{"on", "off"} {
 		t.Run("hub "+hub, func(t *testing.T) {
+			ip := freshAddress() // an address's budget outlives configs
 			g0 := runCaddyfile(t, func(port int, logPath string) string {
 				return strings.Replace(globalOptions("off", logPath), "{\n", "{\n\tmomento {\n\t\tmax_ops_per_client 2\n\t\ttopics {\n\t\t\thub "+hub+"\n\t\t}\n\t}\n", 1) +
 					fmt.Sprintf(":%d {\n\tbind 127.0.0.1\n\tmomento {\n%s\t}\n}\n", port, regionBlock("r", up.URL, "t"))
@@ -1145,3 +1149,68 @@ func TestStartingSubscriptionsCountsAgainstTheClientsOps(t *testing.T) {
 		})
 	}
 }
+
+// A client that touches topic after topic, leaving each at once, starts a
+// subscription upstream for each, and each lingers (for the next poll) for
+// linger. Its lingering hubs count in its network's share: once it holds
+// its share it waits for them to end, told so with Retry-After, so that it
+// cannot make the region a subscribe call per request; and a client of
+// another network is still served.
+func TestTouchingTopicAfterTopicStartsFewSubscriptions(t *testing.T) {
+	up, _ := localUpstream(t, "t")
+	g := runCaddyfile(t, func(port int, logPath string) string {
+		return globalOptions("off", logPath) +
+			fmt.Sprintf(":%d {\n\tbind 127.0.0.1\n\tmomento {\n\t\tregion r {\n\t\t\tendpoint %s\n\t\t\ttoken t\n\t\t\tmax_subscriptions 8\n\t\t}\n\t}\n}\n", port, up.URL)
+	})
+	rs := pooledRegionState(t, "r", up.URL)
+	before := up.hits.Load()
+	started, refused := 0, 0
+	for i := range 20 {
+		ctx, cancel := context.WithCancel(context.Background())
+		errc := make(chan error, 1)
+		hits := up.hits.Load()
+		go func() {
+			_, err := (&subscriber{g: g, path: fmt.Sprintf("/topics/c/touched%d", i)}).poll(ctx)
+			errc <- err
+		}()
+		var err error
+		waitFor(t, func() bool {
+			select {
+			case err = <-errc:
+				return true
+			default:
+				return up.hits.Load() > hits
+			}
+		})
+		cancel()
+		if err == nil {
+			err = <-errc
+			started++
+			continue
+		}
+		if !strings.Contains(err.Error(), "429 region r's max_subscriptions (8) are nearly all open, and clients of 127.0.0.1 hold their share (2) of the rest; retry in 10 s") {
+			t.Fatalf("topic %d: %v", i, err)
+		}
+		refused++
+	}
+	if started != 6 || refused != 14 || up.hits.Load()-before != 6 || rs.subscriptions.Load() != 6 {
+		t.Fatalf("20 topics touched: %d started, %d refused, %d subscribe calls upstream, %d open", started, refused, up.hits.Load()-before, rs.subscriptions.Load())
+	}
+	s := &subscriber{g: g.fromAddress("127.0.0.2"), path: "/topics/c/elsewhere"}
+	got := make(chan []message, 1)
+	go func() { msgs, _ := s.poll(context.Background()); got <- msgs }()
+	waitFor(t, func() bool { return up.hits.Load()-before == 7 })
+	expect(t, g.publish("/topics/c/elsewhere", "text/plain", "hello"), http.StatusNoContent, "")
+	if msgs := <-got; len(msgs) != 1 || msgs[0].value != "hello" {
+		t.Fatalf("another network got %v", msgs)
+	}
+}
+
+// freshAddress is a loopback address no other test has used in this
+// process, for a client whose per-address budgets must start full.
+func freshAddress() string {
+	n := freshAddresses.Add(1)
+	return fmt.Sprintf("127.1.%d.%d", n/250, 1+n%250)
+}
+
+var freshAddresses atomic.Int64

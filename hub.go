@@ -134,14 +134,12 @@ func (rh *regionHubs) join(rg *region, key hubKey, cur cursor, set hubSettings, 
 	defer rh.mu.Unlock()
 	hb := rh.byKey[key]
 	if hb == nil {
-		// The share is checked before any other network's lingering hub is
-		// ended for the new one; a network at its share may end one of its
-		// own, which holds nothing for anyone.
-		rf := rg.takeSubscriptionShare(network, set.linger)
-		if rf != nil && rh.evictIdle(network) {
-			rf = rg.takeSubscriptionShare(network, set.linger)
-		}
-		if rf != nil {
+		// The share is checked before any lingering hub is ended for the
+		// new one. A network at its share waits for one of its own to end,
+		// even a lingering one: hubs outlive their last waiter by linger,
+		// so a client touching topic after topic starts at most its share
+		// of subscriptions upstream every linger, not one per request.
+		if rf := rg.takeSubscriptionShare(network, set.linger); rf != nil {
 			return nil, rf
 		}
 		if rf := admit(); rf != nil {
@@ -149,7 +147,7 @@ func (rh *regionHubs) join(rg *region, key hubKey, cur cursor, set hubSettings, 
 			return nil, rf
 		}
 		n := rg.state.subscriptions.Add(1)
-		if n > int64(rg.maxSubscriptions) && rh.evictIdle("") {
+		if n > int64(rg.maxSubscriptions) && rh.evictIdle() {
 			n = rg.state.subscriptions.Load()
 		}
 		if n > int64(rg.maxSubscriptions) {
@@ -184,12 +182,11 @@ func (rh *regionHubs) join(rg *region, key hubKey, cur cursor, set hubSettings, 
 // upstream subscription to a topic someone waits for: a lingering hub only
 // saves a client's next poll the trip, and must never keep max_subscriptions
 // from other clients (a client could otherwise touch many topics in turn
-// and hold them all). With network set, only a hub that network started.
-// It reports whether it freed one. Callers hold rh.mu.
-func (rh *regionHubs) evictIdle(network string) bool {
+// and hold them all). It reports whether it freed one. Callers hold rh.mu.
+func (rh *regionHubs) evictIdle() bool {
 	for key, hb := range rh.byKey {
 		hb.mu.Lock()
-		idle := hb.waiters == 0 && !hb.gone && (network == "" || hb.network == network)
+		idle := hb.waiters == 0 && !hb.gone
 		if idle {
 			hb.gone = true
 			if hb.linger != nil {
