@@ -654,6 +654,33 @@ func TestRunningOutOfSocketsCannotOpenTheBreaker(t *testing.T) {
 	expect(t, g.get("/cache/c?key=k"), 404, "Key Not Found")
 }
 
+// touchTopic long-polls path and leaves as soon as the topic's hub has
+// subscribed upstream, or returns the refusal.
+func touchTopic(t *testing.T, g *gateway, up *upstream, path string) (refused error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	before := up.hits.Load()
+	go func() {
+		_, err := (&subscriber{g: g, path: path}).poll(ctx)
+		errc <- err
+	}()
+	waitFor(t, func() bool {
+		select {
+		case refused = <-errc:
+			return true
+		default:
+			return up.hits.Load() > before
+		}
+	})
+	if refused == nil {
+		cancel()
+		<-errc
+	}
+	return refused
+}
+
 // A topic hub outlives its last subscriber for linger, so that the next
 // poll finds it; it must not keep its upstream subscription from others.
 // A client that touches topic after topic and leaves each would otherwise
@@ -663,28 +690,9 @@ func TestLingeringTopicsYieldTheirSubscriptions(t *testing.T) {
 	g := startGateway(t, "\tmomento {\n\t\tregion r {\n\t\t\tendpoint "+up.URL+"\n\t\t\ttoken t\n\t\t\tmax_subscriptions 3\n\t\t}\n\t}")
 	rs := pooledRegionState(t, "r", up.URL)
 	for i := range 10 {
-		ctx, cancel := context.WithCancel(context.Background())
-		errc := make(chan error, 1)
-		before := up.hits.Load()
-		go func() {
-			_, err := (&subscriber{g: g, path: fmt.Sprintf("/topics/c/junk%d", i)}).poll(ctx)
-			errc <- err
-		}()
-		// Its hub has subscribed upstream, or the poll was refused.
-		var refused error
-		waitFor(t, func() bool {
-			select {
-			case refused = <-errc:
-				return true
-			default:
-				return up.hits.Load() > before
-			}
-		})
-		cancel()
-		if refused != nil {
+		if refused := touchTopic(t, g, up, fmt.Sprintf("/topics/c/junk%d", i)); refused != nil {
 			t.Fatalf("topic %d, with the earlier ones lingering: %v", i, refused)
 		}
-		<-errc
 		if n := rs.subscriptions.Load(); n > 3 {
 			t.Fatalf("%d subscriptions open, over max_subscriptions 3", n)
 		}
@@ -1166,25 +1174,8 @@ func TestTouchingTopicAfterTopicStartsFewSubscriptions(t *testing.T) {
 	before := up.hits.Load()
 	started, refused := 0, 0
 	for i := range 20 {
-		ctx, cancel := context.WithCancel(context.Background())
-		errc := make(chan error, 1)
-		hits := up.hits.Load()
-		go func() {
-			_, err := (&subscriber{g: g, path: fmt.Sprintf("/topics/c/touched%d", i)}).poll(ctx)
-			errc <- err
-		}()
-		var err error
-		waitFor(t, func() bool {
-			select {
-			case err = <-errc:
-				return true
-			default:
-				return up.hits.Load() > hits
-			}
-		})
-		cancel()
+		err := touchTopic(t, g, up, fmt.Sprintf("/topics/c/touched%d", i))
 		if err == nil {
-			err = <-errc
 			started++
 			continue
 		}
