@@ -1205,3 +1205,59 @@ func freshAddress() string {
 }
 
 var freshAddresses atomic.Int64
+
+// A topic counts in the share of the network whose clients keep it open.
+// Another network joining a client's topics, and staying when that client
+// leaves, takes them over: it cannot hold the client's share by keeping
+// the client's topics open.
+func TestJoiningAnothersTopicsMakesThemYours(t *testing.T) {
+	up, _ := localUpstream(t, "t")
+	g := runCaddyfile(t, func(port int, logPath string) string {
+		return globalOptions("off", logPath) +
+			fmt.Sprintf(":%d {\n\tbind 127.0.0.1\n\tmomento {\n\t\tregion r {\n\t\t\tendpoint %s\n\t\t\ttoken t\n\t\t\tmax_subscriptions 16\n\t\t}\n\t}\n}\n", port, up.URL)
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	hold := func(ctx context.Context, g *gateway, path string) {
+		before := waiters.total.Load()
+		wg.Go(func() { _, _ = (&subscriber{g: g, path: path}).poll(ctx) })
+		waitFor(t, func() bool { return waiters.total.Load() > before })
+	}
+	// The greedy address holds three quarters, its most.
+	for i := range 12 {
+		hold(ctx, g, fmt.Sprintf("/topics/c/greedy%d", i))
+	}
+	// Another network starts its share of the rest, 2 topics...
+	polite := g.fromAddress("127.0.0.2")
+	politeCtx, leave := context.WithCancel(ctx)
+	hold(politeCtx, polite, "/topics/c/polite0")
+	hold(politeCtx, polite, "/topics/c/polite1")
+	expect(t, polite.get("/topics/c/polite2"), http.StatusTooManyRequests, "clients of 127.0.0.2 hold their share (2)")
+	// ...which the greedy address joins, and keeps open when it leaves.
+	hold(ctx, g, "/topics/c/polite0")
+	hold(ctx, g, "/topics/c/polite1")
+	before := waiters.total.Load()
+	leave()
+	waitFor(t, func() bool { return waiters.total.Load() == before-2 })
+	// The polite network holds nothing now, and starts a topic again.
+	got := make(chan []message, 1)
+	refused := make(chan error, 1)
+	go func() {
+		msgs, err := (&subscriber{g: polite, path: "/topics/c/polite2"}).poll(ctx)
+		refused <- err
+		got <- msgs
+	}()
+	waitFor(t, func() bool {
+		select {
+		case err := <-refused:
+			t.Fatalf("the polite network, holding nothing, was refused: %v", err)
+		default:
+		}
+		return waiters.total.Load() == before-1
+	})
+	expect(t, g.publish("/topics/c/polite2", "text/plain", "mine"), http.StatusNoContent, "")
+	if msgs := <-got; len(msgs) != 1 || msgs[0].value != "mine" {
+		t.Fatalf("the polite network got %v", msgs)
+	}
+}

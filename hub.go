@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,8 +48,11 @@ type hubSettings struct {
 type hub struct {
 	key   hubKey
 	owner *regionState
-	// network is the client network that started the hub: the hub counts
-	// in its share of the region's subscriptions (see shares).
+	// network is the client network the hub counts for in the shares of
+	// the region's subscriptions (see shares): the one that started it,
+	// then, once none of its clients wait on it, one whose clients do. A
+	// topic kept open by others' clients counts as theirs: one network
+	// cannot hold another's share by joining its topics. Guarded by mu.
 	network string
 	set     hubSettings
 	logger  *zap.Logger
@@ -62,10 +66,12 @@ type hub struct {
 	// mu serializes the hub's writers and guards what follows.
 	mu      sync.Mutex
 	waiters int
-	size    int // bytes of the view's messages
-	stop    context.CancelFunc
-	linger  *time.Timer
-	gone    bool // removed from its region; a new waiter makes another
+	// byNetwork counts the waiters of each client network.
+	byNetwork map[string]int
+	size      int // bytes of the view's messages
+	stop      context.CancelFunc
+	linger    *time.Timer
+	gone      bool // removed from its region; a new waiter makes another
 }
 
 // hubView is the state of a hub's topic as its waiters see it. A view never
@@ -170,6 +176,10 @@ func (rh *regionHubs) join(rg *region, key hubKey, cur cursor, set hubSettings, 
 	hb.region.Store(rg)
 	hb.mu.Lock()
 	hb.waiters++
+	if hb.byNetwork == nil {
+		hb.byNetwork = map[string]int{}
+	}
+	hb.byNetwork[network]++
 	if hb.linger != nil {
 		hb.linger.Stop()
 		hb.linger = nil
@@ -209,10 +219,22 @@ func (rh *regionHubs) evictIdle() bool {
 
 // leave removes a waiter. The last one starts the linger: a client that
 // polls again soon finds the hub (and its buffer) still there.
-func (hb *hub) leave() {
+func (hb *hub) leave(network string) {
 	hb.mu.Lock()
 	defer hb.mu.Unlock()
 	hb.waiters--
+	if hb.byNetwork[network]--; hb.byNetwork[network] <= 0 {
+		delete(hb.byNetwork, network)
+		if network == hb.network && !hb.gone {
+			// Its clients are gone: the hub counts for one whose clients
+			// still wait on it, if any.
+			for other := range hb.byNetwork {
+				hb.owner.subscriptionShares.move(hb.network, other)
+				hb.network = other
+				break
+			}
+		}
+	}
 	if hb.waiters == 0 && !hb.gone {
 		hb.linger = time.AfterFunc(hb.set.linger, hb.expire)
 	}
@@ -411,6 +433,10 @@ type answerWriter struct {
 	w   io.Writer
 	buf []byte
 	err error
+	// guard, when set, gives each write clientStall: a client that stops
+	// reading would otherwise hold the messages it is being sent after the
+	// hub let go of them, until Caddy's write_idle_timeout.
+	guard *stallGuard
 }
 
 // answerBufSize is the buffer an answer's small pieces are gathered in.
@@ -437,6 +463,9 @@ func (aw *answerWriter) put(b []byte) {
 
 func (aw *answerWriter) write(b []byte) {
 	if aw.err == nil {
+		if aw.guard != nil {
+			aw.guard.arm()
+		}
 		_, aw.err = aw.w.Write(b)
 	}
 }
@@ -453,6 +482,9 @@ func (aw *answerWriter) flush() {
 // whether every write succeeded.
 func (aw *answerWriter) done() bool {
 	aw.flush()
+	if aw.guard != nil {
+		aw.guard.disarm()
+	}
 	if cap(aw.buf) == answerBufSize {
 		answerBufs.Put((*[answerBufSize]byte)(aw.buf[:answerBufSize]))
 	}
@@ -642,7 +674,11 @@ func (hb *hub) apply(page upstreamPage) {
 		hb.size -= len(v.msgs[drop].item)
 		drop++
 	}
-	v.msgs = v.msgs[drop:]
+	if drop > 0 {
+		// A fresh array: the dropped messages are not kept alive behind
+		// the ones kept.
+		v.msgs = slices.Clone(v.msgs[drop:])
+	}
 	if changed {
 		hb.publish(v)
 	}

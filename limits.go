@@ -100,6 +100,10 @@ type shares struct {
 func (s *shares) take(network string, used int64, capacity int) (share int, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.takeLocked(network, used, capacity)
+}
+
+func (s *shares) takeLocked(network string, used int64, capacity int) (share int, ok bool) {
 	h := s.held[network]
 	if reserve := capacity / 4; reserve > 0 && used >= int64(capacity-reserve) {
 		n := len(s.held)
@@ -115,6 +119,33 @@ func (s *shares) take(network string, used int64, capacity int) (share int, ok b
 	}
 	s.held[network] = h + 1
 	return 0, true
+}
+
+// move counts a place from one network for another.
+func (s *shares) move(from, to string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.held[from]--; s.held[from] <= 0 {
+		delete(s.held, from)
+	}
+	s.held[to]++
+}
+
+// takeCounted is take for a pool whose places taken are counted in used,
+// which it checks and counts under the same lock: many clients asking at
+// once cannot all pass the three quarters on one stale count. It reports
+// full when every place is taken.
+func (s *shares) takeCounted(network string, used *atomic.Int64, capacity int) (share int, full, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := used.Load()
+	if n >= int64(capacity) {
+		return 0, true, false
+	}
+	if share, ok = s.takeLocked(network, n, capacity); ok {
+		used.Add(1)
+	}
+	return share, false, ok
 }
 
 // give gives back a place network took.
@@ -139,13 +170,11 @@ func (a *App) admitWaiter(r *http.Request, kind string) (*waitSlot, *refusal) {
 	limits := a.limits()
 	client := clientAddress(r)
 	network := budgetGroup(client)
-	if share, ok := waiters.shares.take(network, waiters.total.Load(), limits.maxWaiting); !ok {
-		return nil, tooMany(fmt.Sprintf("this gateway's max_waiting (%d) places are nearly all taken, and clients of %s hold their share (%d) of the rest", limits.maxWaiting, network, share))
-	}
-	if n := waiters.total.Add(1); n > int64(limits.maxWaiting) {
-		waiters.total.Add(-1)
-		waiters.shares.give(network)
+	switch share, full, ok := waiters.shares.takeCounted(network, &waiters.total, limits.maxWaiting); {
+	case full:
 		return nil, tooMany(fmt.Sprintf("this gateway has its max_waiting (%d) clients waiting on topics", limits.maxWaiting))
+	case !ok:
+		return nil, tooMany(fmt.Sprintf("this gateway's max_waiting (%d) places are nearly all taken, and clients of %s hold their share (%d) of the rest", limits.maxWaiting, network, share))
 	}
 	slot := &waitSlot{network: network, gauge: metrics.waiting.WithLabelValues(kind)}
 	if limits.maxPerClient > 0 {
@@ -185,13 +214,11 @@ func (s *waitSlot) release() {
 // poll forwarded as it is (the hub off), within the client network's
 // share; release gives it back.
 func openSubscription(rg *region, network string) (release func(), rf *refusal) {
-	if rf := rg.takeSubscriptionShare(network, waitRetryAfter); rf != nil {
-		return nil, rf
-	}
-	if n := rg.state.subscriptions.Add(1); n > int64(rg.maxSubscriptions) {
-		rg.state.subscriptions.Add(-1)
-		rg.state.subscriptionShares.give(network)
+	switch share, full, ok := rg.state.subscriptionShares.takeCounted(network, &rg.state.subscriptions, rg.maxSubscriptions); {
+	case full:
 		return nil, tooManySubscriptions(rg)
+	case !ok:
+		return nil, rg.subscriptionShareRefusal(network, share, waitRetryAfter)
 	}
 	return func() {
 		rg.state.subscriptions.Add(-1)
@@ -200,7 +227,7 @@ func openSubscription(rg *region, network string) (release func(), rf *refusal) 
 }
 
 // takeSubscriptionShare counts a subscription the client network is about
-// to open (a hub it starts, or its own long poll with the hub off) in its
+// to open (a hub it starts; callers hold the region's hubs lock) in its
 // share of the region's, or refuses it, telling it to come back after wait
 // (when one of its own could have ended: a hub outlives its last waiter by
 // its linger).
@@ -209,6 +236,12 @@ func (rg *region) takeSubscriptionShare(network string, wait time.Duration) *ref
 	if ok {
 		return nil
 	}
+	return rg.subscriptionShareRefusal(network, share, wait)
+}
+
+// subscriptionShareRefusal tells a client that its network holds its
+// share of the region's subscriptions.
+func (rg *region) subscriptionShareRefusal(network string, share int, wait time.Duration) *refusal {
 	wait = max(waitRetryAfter, wait)
 	return &refusal{status: http.StatusTooManyRequests, retryAfter: wait, msg: fmt.Sprintf(
 		"region %s's max_subscriptions (%d) are nearly all open, and clients of %s hold their share (%d) of the rest; retry in %d s",

@@ -192,7 +192,7 @@ func (h *Handler) startSubscriber(w http.ResponseWriter, r *http.Request, c *cal
 
 // end takes the subscriber off its hub and gives its place back.
 func (sub *hubClient) end() {
-	sub.hub.leave()
+	sub.hub.leave(sub.slot.network)
 	sub.slot.release()
 }
 
@@ -281,9 +281,9 @@ func writeJSON200(w http.ResponseWriter, body []byte) int {
 }
 
 // writeLongPoll answers a long poll with a large answer of the hub's,
-// piece by piece. A client that does not read is cut off by Caddy's
-// write_idle_timeout (1 minute by default), as any other; meanwhile it
-// holds no copy of its answer (see answerWriter).
+// piece by piece: a client that does not read holds no copy of its answer
+// (see answerWriter), only the hub's messages, and for clientStall at most
+// once it stops taking them.
 func writeLongPoll(w http.ResponseWriter, ans hubAnswer) int {
 	hdr := w.Header()
 	hdr["Content-Type"] = jsonType
@@ -292,6 +292,7 @@ func writeLongPoll(w http.ResponseWriter, ans hubAnswer) int {
 	hdr["Content-Length"] = []string{strconv.Itoa(n)}
 	w.WriteHeader(http.StatusOK)
 	aw := newAnswerWriter(w)
+	aw.guard = &stallGuard{rc: http.NewResponseController(w), stall: clientStall}
 	ans.writeJSON(&aw)
 	aw.done()
 	return http.StatusOK
