@@ -88,8 +88,10 @@ type waitSlot struct {
 // newcomer included (at least one place each). So one network, or a few,
 // can hold at most three quarters of the pool, and a client of another
 // network finds a place however long they hold theirs; only many networks
-// together can take the reserve. The places held are counted here; whether
-// the pool is full is the caller's to check.
+// together can take the reserve. The places each network holds are counted
+// here; take leaves the count of places taken, and whether the pool is full,
+// to its caller (a region's hubs count theirs under their own lock), and
+// takeCounted keeps both.
 type shares struct {
 	mu   sync.Mutex
 	held map[string]int
