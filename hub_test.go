@@ -3,6 +3,7 @@ package momento
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -385,6 +386,46 @@ func TestHubMetricsAndAdminAPI(t *testing.T) {
 	} {
 		if got := metric(m, c.name, c.labels); got != c.want {
 			t.Errorf("%s{%s} = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+}
+
+// An answer written piece by piece (past answerBufSize) is the same bytes
+// as one built whole, and its Content-Length is their length: a wrong one
+// would break the client's kept-alive connection.
+func TestAnswersWrittenInPiecesAreWhole(t *testing.T) {
+	var msgs []hubMessage
+	for i := range 100 {
+		text := strings.Repeat(fmt.Sprintf("%d ", i), 1+i*7) // from a few bytes to about 2 KiB
+		m := hubMessage{seq: uint64(i), page: 7}
+		m.item = fmt.Appendf(nil, `{"item":{"topic_sequence_number":%d,"sequence_page":7,"value":{"text":%s}}}`, i, jsonString(text))
+		m.event = appendEvent(nil, 7, uint64(i), "text", text)
+		msgs = append(msgs, m)
+	}
+	for _, ans := range []hubAnswer{
+		{},
+		{msgs: msgs[:1]},
+		{msgs: msgs},
+		{disc: &discontinuity{last: 3, newSeq: 9, newPage: 7}},
+		{disc: &discontinuity{last: 3, newSeq: 9, newPage: 7}, msgs: msgs[9:]},
+	} {
+		whole := ans.appendJSON(nil)
+		var pieces strings.Builder
+		aw := newAnswerWriter(&pieces)
+		ans.writeJSON(&aw)
+		if !aw.done() || pieces.String() != string(whole) || ans.jsonLen() != len(whole) {
+			t.Errorf("%d messages, discontinuity %v: written %d bytes, built %d, Content-Length %d", len(ans.msgs), ans.disc != nil, pieces.Len(), len(whole), ans.jsonLen())
+		}
+		var page upstreamPage
+		if err := json.Unmarshal(whole, &page); err != nil || len(page.Items) != len(ans.msgs)+map[bool]int{true: 1}[ans.disc != nil] {
+			t.Errorf("%d messages: %v, %d items", len(ans.msgs), err, len(page.Items))
+		}
+		events := ans.appendEvents(nil)
+		pieces.Reset()
+		aw = newAnswerWriter(&pieces)
+		ans.writeEvents(&aw)
+		if !aw.done() || pieces.String() != string(events) {
+			t.Errorf("%d messages as events: written %d bytes, built %d", len(ans.msgs), pieces.Len(), len(events))
 		}
 	}
 }
