@@ -56,6 +56,10 @@ type hub struct {
 	network string
 	set     hubSettings
 	logger  *zap.Logger
+	// done is closed when the hub's upstream loop has returned: a hub
+	// that replaces it subscribes only then, so that the region never
+	// sees both subscriptions at once.
+	done chan struct{}
 	// region is the latest config's region: its endpoint and token.
 	region atomic.Pointer[region]
 
@@ -153,15 +157,18 @@ func (rh *regionHubs) join(rg *region, key hubKey, cur cursor, set hubSettings, 
 			return nil, rf
 		}
 		n := rg.state.subscriptions.Add(1)
-		if n > int64(rg.maxSubscriptions) && rh.evictIdle() {
-			n = rg.state.subscriptions.Load()
+		var after <-chan struct{} // the end of the hub this one replaces
+		if n > int64(rg.maxSubscriptions) {
+			if ended := rh.evictIdle(); ended != nil {
+				n, after = rg.state.subscriptions.Load(), ended.done
+			}
 		}
 		if n > int64(rg.maxSubscriptions) {
 			rg.state.subscriptions.Add(-1)
 			rg.state.subscriptionShares.give(network)
 			return nil, tooManySubscriptions(rg)
 		}
-		hb = &hub{key: key, owner: rg.state, network: network, set: set, logger: logger}
+		hb = &hub{key: key, owner: rg.state, network: network, set: set, logger: logger, done: make(chan struct{})}
 		hb.view.Store(&hubView{changed: make(chan struct{})})
 		ctx, cancel := context.WithCancel(context.Background())
 		hb.stop = cancel
@@ -171,7 +178,7 @@ func (rh *regionHubs) join(rg *region, key hubKey, cur cursor, set hubSettings, 
 		rh.byKey[key] = hb
 		rg.metrics.hubs.Inc()
 		hb.region.Store(rg)
-		go hb.run(ctx, cur)
+		go hb.run(ctx, cur, after)
 	}
 	hb.region.Store(rg)
 	hb.mu.Lock()
@@ -192,8 +199,9 @@ func (rh *regionHubs) join(rg *region, key hubKey, cur cursor, set hubSettings, 
 // upstream subscription to a topic someone waits for: a lingering hub only
 // saves a client's next poll the trip, and must never keep max_subscriptions
 // from other clients (a client could otherwise touch many topics in turn
-// and hold them all). It reports whether it freed one. Callers hold rh.mu.
-func (rh *regionHubs) evictIdle() bool {
+// and hold them all). It returns the hub it ended, or nil. Callers hold
+// rh.mu.
+func (rh *regionHubs) evictIdle() *hub {
 	for key, hb := range rh.byKey {
 		hb.mu.Lock()
 		idle := hb.waiters == 0 && !hb.gone
@@ -211,10 +219,10 @@ func (rh *regionHubs) evictIdle() bool {
 		if idle {
 			delete(rh.byKey, key)
 			hb.stop()
-			return true
+			return hb
 		}
 	}
-	return false
+	return nil
 }
 
 // leave removes a waiter. The last one starts the linger: a client that
@@ -512,7 +520,17 @@ func (hb *hub) regionDown() (time.Duration, bool) {
 // waiter's cursor, then from where the topic is. Failures are retried with
 // backoff (honouring a 429's Retry-After) while the waiters wait; an answer
 // that will not change (a missing cache, a refused token) ends the hub.
-func (hb *hub) run(ctx context.Context, cur cursor) {
+// A hub that replaces an ended one starts once that one's loop (after)
+// has returned.
+func (hb *hub) run(ctx context.Context, cur cursor, after <-chan struct{}) {
+	defer close(hb.done)
+	if after != nil {
+		select {
+		case <-after:
+		case <-ctx.Done():
+			return
+		}
+	}
 	backoff := hubBackoffMin
 	for ctx.Err() == nil {
 		rg := hb.region.Load()
