@@ -353,86 +353,47 @@ func (ans hubAnswer) after(cur cursor) cursor {
 // shares with every other client, and one small buffer: never an answer of
 // its own, which at 100 messages could be megabytes.
 
-// eventsLen is about the length of the answer as Server-Sent Events.
-func (ans hubAnswer) eventsLen() int {
+// jsonPieces gives put the answer as Momento's subscribe answer, piece by
+// piece. Its length (for Content-Length), the small answer built whole and
+// the large one written in pieces all come from this one walk.
+func (ans hubAnswer) jsonPieces(put func([]byte)) {
+	put(startItems)
+	if d := ans.disc; d != nil {
+		put(fmt.Appendf(nil, `{"discontinuity":{"last_topic_sequence":%d,"new_topic_sequence":%d,"new_sequence_page":%d}}`, d.last, d.newSeq, d.newPage))
+	}
+	for i, m := range ans.msgs {
+		if i > 0 || ans.disc != nil {
+			put(comma)
+		}
+		put(m.item)
+	}
+	put(endItems)
+}
+
+// eventPieces gives put the answer as Server-Sent Events, piece by piece.
+func (ans hubAnswer) eventPieces(put func([]byte)) {
+	if d := ans.disc; d != nil {
+		put(fmt.Appendf(nil, "event: discontinuity\ndata: {\"last_topic_sequence\":%d,\"new_topic_sequence\":%d,\"new_sequence_page\":%d}\n\n", d.last, d.newSeq, d.newPage))
+	}
+	for _, m := range ans.msgs {
+		put(m.event)
+	}
+}
+
+var startItems, comma, endItems = []byte(`{"items":[`), []byte(","), []byte("]}")
+
+// piecesLen is the length of what pieces gives.
+func piecesLen(pieces func(put func([]byte))) int {
 	n := 0
-	if ans.disc != nil {
-		n = 160
-	}
-	for _, m := range ans.msgs {
-		n += len(m.event)
-	}
+	pieces(func(b []byte) { n += len(b) })
 	return n
 }
 
-// jsonLen is the length of the answer as Momento's subscribe answer, for
-// its Content-Length.
-func (ans hubAnswer) jsonLen() int {
-	n := len(`{"items":[]}`) + len(ans.discJSON(nil))
-	for _, m := range ans.msgs {
-		n += len(m.item)
-	}
-	if k := len(ans.msgs); k > 0 && ans.disc != nil {
-		n += k
-	} else if k > 0 {
-		n += k - 1
-	}
-	return n
-}
-
-// appendJSON is the answer as Momento's subscribe answer, appended to b:
-// for a small answer, built whole before it is written (see subscribe).
-func (ans hubAnswer) appendJSON(b []byte) []byte {
-	b = ans.discJSON(append(b, `{"items":[`...))
-	for i, m := range ans.msgs {
-		if i > 0 || ans.disc != nil {
-			b = append(b, ',')
-		}
-		b = append(b, m.item...)
-	}
-	return append(b, "]}"...)
-}
-
-// appendEvents is the answer as Server-Sent Events, appended to b.
-func (ans hubAnswer) appendEvents(b []byte) []byte {
-	if d := ans.disc; d != nil {
-		b = fmt.Appendf(b, "event: discontinuity\ndata: {\"last_topic_sequence\":%d,\"new_topic_sequence\":%d,\"new_sequence_page\":%d}\n\n", d.last, d.newSeq, d.newPage)
-	}
-	for _, m := range ans.msgs {
-		b = append(b, m.event...)
-	}
+// appendPieces appends what pieces gives to b: a small answer, built whole
+// before it is written (see subscribe).
+func appendPieces(b []byte, pieces func(put func([]byte))) []byte {
+	pieces(func(p []byte) { b = append(b, p...) })
 	return b
-}
-
-// writeJSON writes the answer as Momento's subscribe answer.
-func (ans hubAnswer) writeJSON(aw *answerWriter) {
-	aw.buf = ans.discJSON(append(aw.buf, `{"items":[`...))
-	for i, m := range ans.msgs {
-		if i > 0 || ans.disc != nil {
-			aw.put(comma)
-		}
-		aw.put(m.item)
-	}
-	aw.put(endItems)
-}
-
-var comma, endItems = []byte(","), []byte("]}")
-
-func (ans hubAnswer) discJSON(b []byte) []byte {
-	if d := ans.disc; d != nil {
-		b = fmt.Appendf(b, `{"discontinuity":{"last_topic_sequence":%d,"new_topic_sequence":%d,"new_sequence_page":%d}}`, d.last, d.newSeq, d.newPage)
-	}
-	return b
-}
-
-// writeEvents writes the answer as Server-Sent Events.
-func (ans hubAnswer) writeEvents(aw *answerWriter) {
-	if d := ans.disc; d != nil {
-		aw.buf = fmt.Appendf(aw.buf, "event: discontinuity\ndata: {\"last_topic_sequence\":%d,\"new_topic_sequence\":%d,\"new_sequence_page\":%d}\n\n", d.last, d.newSeq, d.newPage)
-	}
-	for _, m := range ans.msgs {
-		aw.put(m.event)
-	}
 }
 
 // answerWriter writes an answer made of pieces: small ones gathered in a
@@ -449,7 +410,7 @@ type answerWriter struct {
 
 // answerBufSize is the buffer an answer's small pieces are gathered in.
 // An answer that fits (most: one message or a few) is built whole instead
-// (appendJSON, appendEvents) and written at once.
+// (appendPieces) and written at once.
 const answerBufSize = 4 << 10
 
 var answerBufs = sync.Pool{New: func() any { return new([answerBufSize]byte) }}

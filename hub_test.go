@@ -390,9 +390,12 @@ func TestHubMetricsAndAdminAPI(t *testing.T) {
 	}
 }
 
-// An answer written piece by piece (past answerBufSize) is the same bytes
-// as one built whole, and its Content-Length is their length: a wrong one
-// would break the client's kept-alive connection.
+// An answer written piece by piece through answerWriter (past
+// answerBufSize: small pieces gathered, large ones as they are) arrives as
+// the same bytes as one built whole, and is Momento's answer: one item per
+// message, and the discontinuity. Bytes lost or reordered, or a
+// Content-Length not theirs, would break the client's kept-alive
+// connection.
 func TestAnswersWrittenInPiecesAreWhole(t *testing.T) {
 	var msgs []hubMessage
 	for i := range 100 {
@@ -409,21 +412,21 @@ func TestAnswersWrittenInPiecesAreWhole(t *testing.T) {
 		{disc: &discontinuity{last: 3, newSeq: 9, newPage: 7}},
 		{disc: &discontinuity{last: 3, newSeq: 9, newPage: 7}, msgs: msgs[9:]},
 	} {
-		whole := ans.appendJSON(nil)
+		whole := appendPieces(nil, ans.jsonPieces)
 		var pieces strings.Builder
 		aw := newAnswerWriter(&pieces)
-		ans.writeJSON(&aw)
-		if !aw.done() || pieces.String() != string(whole) || ans.jsonLen() != len(whole) {
-			t.Errorf("%d messages, discontinuity %v: written %d bytes, built %d, Content-Length %d", len(ans.msgs), ans.disc != nil, pieces.Len(), len(whole), ans.jsonLen())
+		ans.jsonPieces(aw.put)
+		if !aw.done() || pieces.String() != string(whole) || piecesLen(ans.jsonPieces) != len(whole) {
+			t.Errorf("%d messages, discontinuity %v: written %d bytes, built %d, length %d", len(ans.msgs), ans.disc != nil, pieces.Len(), len(whole), piecesLen(ans.jsonPieces))
 		}
 		var page upstreamPage
 		if err := json.Unmarshal(whole, &page); err != nil || len(page.Items) != len(ans.msgs)+map[bool]int{true: 1}[ans.disc != nil] {
 			t.Errorf("%d messages: %v, %d items", len(ans.msgs), err, len(page.Items))
 		}
-		events := ans.appendEvents(nil)
+		events := appendPieces(nil, ans.eventPieces)
 		pieces.Reset()
 		aw = newAnswerWriter(&pieces)
-		ans.writeEvents(&aw)
+		ans.eventPieces(aw.put)
 		if !aw.done() || pieces.String() != string(events) {
 			t.Errorf("%d messages as events: written %d bytes, built %d", len(ans.msgs), pieces.Len(), len(events))
 		}

@@ -234,8 +234,8 @@ func (h *Handler) longPoll(r *http.Request, sub *hubClient) (body []byte, rf *re
 //
 //go:noinline
 func longPollBody(sub *hubClient, ans hubAnswer) []byte {
-	if n := ans.jsonLen(); n <= answerBufSize {
-		return ans.appendJSON(make([]byte, 0, n))
+	if n := piecesLen(ans.jsonPieces); n <= answerBufSize {
+		return appendPieces(make([]byte, 0, n), ans.jsonPieces)
 	}
 	sub.big = &ans
 	return nil
@@ -288,12 +288,12 @@ func writeLongPoll(w http.ResponseWriter, ans hubAnswer) int {
 	hdr := w.Header()
 	hdr["Content-Type"] = jsonType
 	hdr["X-Content-Type-Options"] = noSniff
-	n := ans.jsonLen()
+	n := piecesLen(ans.jsonPieces)
 	hdr["Content-Length"] = []string{strconv.Itoa(n)}
 	w.WriteHeader(http.StatusOK)
 	aw := newAnswerWriter(w)
 	aw.guard = &stallGuard{rc: http.NewResponseController(w), stall: clientStall}
-	ans.writeJSON(&aw)
+	ans.jsonPieces(aw.put)
 	aw.done()
 	return http.StatusOK
 }
@@ -329,7 +329,7 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *hubClient)
 		g.arm()
 		defer g.disarm()
 		aw := newAnswerWriter(w)
-		ans.writeEvents(&aw)
+		ans.eventPieces(aw.put)
 		return aw.done() && g.rc.Flush() == nil
 	}
 	if !send(nil) {
@@ -347,8 +347,8 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request, sub *hubClient)
 			return http.StatusOK
 		case wait == nil:
 			sent := false
-			if n := ans.eventsLen(); n <= answerBufSize {
-				sent = send(ans.appendEvents(make([]byte, 0, n)))
+			if n := piecesLen(ans.eventPieces); n <= answerBufSize {
+				sent = send(appendPieces(make([]byte, 0, n), ans.eventPieces))
 			} else {
 				sent = sendAnswer(ans)
 			}
